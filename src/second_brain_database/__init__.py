@@ -1,0 +1,1 @@
+"""Second Brain Database: a WebRTC signaling service."""

@@ -1,0 +1,1 @@
+"""Authentication: access tokens, the login store and the login endpoint."""

@@ -1,0 +1,82 @@
+"""Service settings, read from ``SBD_*`` environment variables (and ``.env``).
+
+The names, meanings and defaults are fixed by the contract (PROTOCOL.md,
+"Process, configuration, layout"); ``docs/configuration.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SBD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    jwt_secret: str | None = None
+    jwt_algorithms: CommaList = ["HS256"]
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: int = Field(default=10, ge=0)
+    access_token_ttl: int = Field(default=3600, gt=0)
+
+    redis_url: str | None = None
+
+    stun_urls: CommaList = ["stun:stun.l.google.com:19302"]
+    turn_urls: CommaList = []
+    turn_secret: str | None = None
+    turn_ttl: int = Field(default=86400, gt=0)
+
+    allowed_origins: CommaList = []
+    max_message_bytes: int = Field(default=65536, gt=0)
+    max_peers_per_room: int = Field(default=16, gt=0)
+    presence_ttl: float = Field(default=30, gt=0)
+    resume_ttl: float = Field(default=30, ge=0)
+    send_queue_size: int = Field(default=256, gt=0)
+    rate_limit_per_s: float = Field(default=100, gt=0)
+    rate_limit_burst: int = Field(default=400, gt=0)
+
+    database_path: Path = Path("./sbd.sqlite3")
+    instance_id: str = Field(default_factory=lambda: secrets.token_hex(6))
+    log_level: str = "INFO"
+
+    @field_validator("jwt_algorithms", "stun_urls", "turn_urls", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("redis_url", "turn_secret", "jwt_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def signing_secret(self) -> str:
+        """The HS256 key; a process-local random one when none is configured."""
+        if self.jwt_secret is None:
+            self.jwt_secret = secrets.token_urlsafe(48)
+            logger.warning(
+                "SBD_JWT_SECRET is not set: generated a random key for this process. "
+                "Tokens will not survive a restart and other instances cannot verify them."
+            )
+        return self.jwt_secret
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

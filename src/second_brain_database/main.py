@@ -1,0 +1,37 @@
+"""The ASGI application: ``uvicorn second_brain_database.main:app``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from second_brain_database import health
+from second_brain_database.auth import router as auth_router
+from second_brain_database.webrtc import router as webrtc_router
+from second_brain_database.webrtc.service import signaling_lifespan
+
+STATIC_DIR = Path(__file__).parent / "webrtc" / "static"
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Second Brain Database signaling",
+        version="0.1.0",
+        lifespan=signaling_lifespan,
+    )
+    app.include_router(webrtc_router.router)
+    app.include_router(auth_router.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def call_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app
+
+
+app = create_app()

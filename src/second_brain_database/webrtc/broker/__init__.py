@@ -1,0 +1,41 @@
+"""Brokers: where room state lives and how envelopes reach every instance.
+
+The backend is chosen by URL, as in encode/broadcaster: no URL (or
+``memory://``) gives the embedded :class:`MemoryBroker`; ``redis://`` or
+``rediss://`` gives :class:`RedisBroker`.
+"""
+
+from __future__ import annotations
+
+from second_brain_database.config import Settings
+from second_brain_database.webrtc.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Envelope,
+    Member,
+    RoomFull,
+)
+from second_brain_database.webrtc.broker.memory import MemoryBroker
+from second_brain_database.webrtc.broker.redis import RedisBroker
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Envelope",
+    "Member",
+    "MemoryBroker",
+    "RedisBroker",
+    "RoomFull",
+    "create_broker",
+]
+
+
+def create_broker(settings: Settings) -> Broker:
+    url = settings.redis_url
+    if url is None or url.startswith("memory://"):
+        return MemoryBroker()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBroker(
+            url, instance_id=settings.instance_id, presence_ttl=settings.presence_ttl
+        )
+    raise ValueError(f"unsupported SBD_REDIS_URL scheme: {url.split(':', 1)[0]!r}")

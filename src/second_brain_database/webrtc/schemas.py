@@ -1,0 +1,327 @@
+"""The signaling protocol as Pydantic models: every frame a client may send,
+every frame the server sends, the error codes and the close codes.
+
+These models are the reference for ``docs/protocol.md``. Client frames are
+parsed and validated exactly once, at ingress, by :func:`parse_client_frame`;
+a frame that fails becomes a :class:`ProtocolError` carrying the ``error``
+payload to send back, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+ROOM_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
+
+MAX_SDP_CHARS = 60_000
+MAX_CANDIDATE_CHARS = 2_048
+MAX_ID_CHARS = 128
+
+PeerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ClientRef = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
+
+class ClientMessageType(StrEnum):
+    OFFER = "offer"
+    ANSWER = "answer"
+    ICE_CANDIDATE = "ice-candidate"
+    MEDIA_STATE = "media-state"
+    APP = "app"
+    PING = "ping"
+    LEAVE = "leave"
+    REFRESH = "refresh"
+    KICK = "kick"
+
+
+class ServerMessageType(StrEnum):
+    WELCOME = "welcome"
+    USER_JOINED = "user-joined"
+    USER_LEFT = "user-left"
+    PONG = "pong"
+    ERROR = "error"
+    # Relayed types keep the type the sender gave them.
+    OFFER = "offer"
+    ANSWER = "answer"
+    ICE_CANDIDATE = "ice-candidate"
+    MEDIA_STATE = "media-state"
+    APP = "app"
+
+
+RELAYED_TYPES = frozenset(
+    {
+        ClientMessageType.OFFER,
+        ClientMessageType.ANSWER,
+        ClientMessageType.ICE_CANDIDATE,
+        ClientMessageType.MEDIA_STATE,
+        ClientMessageType.APP,
+    }
+)
+SERVER_ONLY_TYPES = frozenset({"welcome", "user-joined", "user-left", "pong", "error"})
+
+
+class ErrorCode(StrEnum):
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_PEER = "unknown_peer"
+    RATE_LIMITED = "rate_limited"
+    FORBIDDEN = "forbidden"
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    SERVICE_RESTART = 1012
+    UNAUTHORIZED = 4003
+    ROOM_FULL = 4008
+    RATE_LIMITED = 4029
+    INVALID_ROOM = 4400
+
+
+# --- payloads ---------------------------------------------------------------
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OfferPayload(_Payload):
+    """An RTCSessionDescriptionInit of type ``offer``."""
+
+    type: Literal["offer"]
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+
+
+class AnswerPayload(_Payload):
+    """An RTCSessionDescriptionInit of type ``answer`` (or ``pranswer``)."""
+
+    type: Literal["answer", "pranswer"]
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+
+
+class IceCandidatePayload(_Payload):
+    """An RTCIceCandidateInit; an empty ``candidate`` is end-of-candidates."""
+
+    candidate: str = Field(max_length=MAX_CANDIDATE_CHARS)
+    sdpMid: str | None = Field(default=None, max_length=256)
+    sdpMLineIndex: int | None = Field(default=None, ge=0, le=65535)
+    usernameFragment: str | None = Field(default=None, max_length=256)
+
+
+class MediaState(_Payload):
+    """What a peer is sending; every field optional, unknown fields refused."""
+
+    audio: bool | None = None
+    video: bool | None = None
+    screen: bool | None = None
+
+
+class RefreshPayload(_Payload):
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class KickPayload(_Payload):
+    peer_id: PeerId
+
+
+# --- client to server -------------------------------------------------------
+
+
+class _ClientMessage(BaseModel):
+    # Unknown top-level fields (a forged ``from``, say) are ignored, not relayed.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: ClientRef | None = None
+
+
+class OfferMessage(_ClientMessage):
+    type: Literal[ClientMessageType.OFFER]
+    to: PeerId | None = None
+    payload: OfferPayload
+
+
+class AnswerMessage(_ClientMessage):
+    type: Literal[ClientMessageType.ANSWER]
+    to: PeerId | None = None
+    payload: AnswerPayload
+
+
+class IceCandidateMessage(_ClientMessage):
+    type: Literal[ClientMessageType.ICE_CANDIDATE]
+    to: PeerId | None = None
+    payload: IceCandidatePayload
+
+
+class MediaStateMessage(_ClientMessage):
+    """Always for the whole room; the server also records it as the peer's ``media``."""
+
+    type: Literal[ClientMessageType.MEDIA_STATE]
+    payload: MediaState
+
+
+class AppMessage(_ClientMessage):
+    type: Literal[ClientMessageType.APP]
+    to: PeerId | None = None
+    payload: Any = None
+
+
+class PingMessage(_ClientMessage):
+    type: Literal[ClientMessageType.PING]
+
+
+class LeaveMessage(_ClientMessage):
+    type: Literal[ClientMessageType.LEAVE]
+
+
+class RefreshMessage(_ClientMessage):
+    type: Literal[ClientMessageType.REFRESH]
+    payload: RefreshPayload
+
+
+class KickMessage(_ClientMessage):
+    type: Literal[ClientMessageType.KICK]
+    payload: KickPayload
+
+
+RelayedMessage = OfferMessage | AnswerMessage | IceCandidateMessage | MediaStateMessage | AppMessage
+ClientMessage = Annotated[
+    RelayedMessage | PingMessage | LeaveMessage | RefreshMessage | KickMessage,
+    Field(discriminator="type"),
+]
+_client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+# --- server to client -------------------------------------------------------
+
+
+class Participant(BaseModel):
+    peer_id: str
+    user_id: str
+    name: str
+    media: dict[str, Any] = Field(default_factory=dict)
+
+
+class WelcomePayload(BaseModel):
+    peer_id: str
+    user_id: str
+    room_id: str
+    resume_token: str
+    participants: list[Participant]
+
+
+class WelcomeMessage(BaseModel):
+    type: Literal[ServerMessageType.WELCOME] = ServerMessageType.WELCOME
+    payload: WelcomePayload
+
+
+class UserJoinedPayload(BaseModel):
+    peer_id: str
+    user_id: str
+    name: str
+
+
+class UserJoinedMessage(BaseModel):
+    type: Literal[ServerMessageType.USER_JOINED] = ServerMessageType.USER_JOINED
+    payload: UserJoinedPayload
+
+
+class UserLeftPayload(BaseModel):
+    peer_id: str
+    user_id: str
+
+
+class UserLeftMessage(BaseModel):
+    type: Literal[ServerMessageType.USER_LEFT] = ServerMessageType.USER_LEFT
+    payload: UserLeftPayload
+
+
+class RelayedFrame(BaseModel):
+    """A relayed message as its receivers see it: ``from``/``from_user`` are
+    stamped by the server from the sender's authenticated session."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: Literal["offer", "answer", "ice-candidate", "media-state", "app"]
+    from_: str = Field(alias="from")
+    from_user: str
+    to: str | None
+    payload: Any
+
+
+class PongMessage(BaseModel):
+    type: Literal[ServerMessageType.PONG] = ServerMessageType.PONG
+
+
+class ErrorPayload(BaseModel):
+    code: ErrorCode
+    message: str
+    ref: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    type: Literal[ServerMessageType.ERROR] = ServerMessageType.ERROR
+    payload: ErrorPayload
+
+
+ServerMessage = (
+    WelcomeMessage | UserJoinedMessage | UserLeftMessage | RelayedFrame | PongMessage | ErrorMessage
+)
+
+
+# --- ingress ----------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """A client frame the server answers with an ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+    def frame(self) -> bytes:
+        payload = ErrorPayload(code=self.code, message=self.message, ref=self.ref)
+        return encode(ErrorMessage(payload=payload))
+
+
+def parse_client_frame(text: str | bytes) -> ClientMessage:
+    """Parse and validate one client text frame, or raise :class:`ProtocolError`."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
+    ref = raw.get("id")
+    ref = ref[:MAX_ID_CHARS] if isinstance(ref, str) else None
+    kind = raw.get("type")
+    if isinstance(kind, str) and kind in SERVER_ONLY_TYPES:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'{kind}' is sent by the server only", ref)
+    try:
+        return _client_message_adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), ref) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One short, client-safe line naming the first problem (no input echoed)."""
+    first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return "missing or unknown message type"
+    where = ".".join(str(part) for part in first["loc"][1:]) or "message"
+    return f"{where}: {first['msg']}"[:200]
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialize a server message once, for every receiver."""
+    return orjson.dumps(message.model_dump(mode="json", by_alias=True))
+
+
+PONG_FRAME = encode(PongMessage())

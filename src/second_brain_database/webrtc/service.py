@@ -1,0 +1,70 @@
+"""The signaling service's runtime: settings, tokens, broker and sessions.
+
+``signaling_lifespan`` starts and stops it; a host application that mounts
+the webrtc router into its own FastAPI app uses it as (or inside) its own
+lifespan, see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from second_brain_database.auth.tokens import TokenService
+from second_brain_database.auth.users import UserStore
+from second_brain_database.config import Settings, get_settings
+from second_brain_database.webrtc.broker import Broker, create_broker
+from second_brain_database.webrtc.connection_manager import ConnectionManager
+from second_brain_database.webrtc.schemas import CloseCode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SignalingService:
+    settings: Settings
+    tokens: TokenService
+    users: UserStore
+    broker: Broker
+    manager: ConnectionManager
+    draining: bool = False
+
+    @classmethod
+    def build(cls, settings: Settings) -> SignalingService:
+        tokens = TokenService(settings)
+        broker = create_broker(settings)
+        return cls(
+            settings=settings,
+            tokens=tokens,
+            users=UserStore(settings.database_path),
+            broker=broker,
+            manager=ConnectionManager(broker, tokens, settings),
+        )
+
+    async def start(self) -> None:
+        await self.broker.connect()
+        logger.info(
+            "signaling service started (instance %s, broker %s)",
+            self.settings.instance_id,
+            type(self.broker).__name__,
+        )
+
+    async def stop(self) -> None:
+        self.draining = True
+        await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.broker.disconnect()
+
+
+@asynccontextmanager
+async def signaling_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    service = SignalingService.build(get_settings())
+    app.state.signaling = service
+    await service.start()
+    try:
+        yield
+    finally:
+        await service.stop()

@@ -1,0 +1,72 @@
+"""Fixtures: real redis-server and `sbd serve` processes, started by the suite.
+
+- ``redis_server``: the suite's own redis-server on a free port (session).
+- ``server``: one instance, parametrized over both brokers (memory, redis);
+  the contract tests run against each.
+- ``cluster``: two instances sharing ``redis_server`` (session).
+- ``sbd_factory``: start instances with custom settings (per test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RedisServer, SbdServer
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+SbdFactory = Callable[..., SbdServer]
+
+
+@pytest.fixture
+def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
+    started: list[SbdServer] = []
+
+    def start(env: dict[str, str] | None = None, wait_ready: bool = True) -> SbdServer:
+        server = SbdServer(env, log_dir=artifacts_dir)
+        started.append(server)
+        return server.start(wait_ready=wait_ready)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
+    env = {"SBD_MAX_PEERS_PER_ROOM": "4", "SBD_MAX_MESSAGE_BYTES": "16384"}
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+        env["SBD_REDIS_URL"] = redis.url
+    instance = SbdServer(env, log_dir=artifacts_dir).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    redis_server: RedisServer, artifacts_dir: Path
+) -> Iterator[tuple[SbdServer, SbdServer]]:
+    env = {"SBD_REDIS_URL": redis_server.url, "SBD_PRESENCE_TTL": "2"}
+    first = SbdServer(env, log_dir=artifacts_dir).start()
+    second = SbdServer(env, log_dir=artifacts_dir).start()
+    yield first, second
+    first.stop()
+    second.stop()

@@ -1,0 +1,109 @@
+"""A raw protocol peer for the contract tests: real WebSocket, raw frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import jwt
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.servers import TEST_SECRET
+
+RECV_TIMEOUT = 5.0
+
+
+def make_token(
+    user: str = "alice", ttl: float = 600, secret: str = TEST_SECRET, **claims: Any
+) -> str:
+    now = int(time.time())
+    body: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl, **claims}
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+class Peer:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+
+    @property
+    def peer_id(self) -> str:
+        peer_id: str = self.welcome["payload"]["peer_id"]
+        return peer_id
+
+    @classmethod
+    async def join(
+        cls,
+        base_ws_url: str,
+        room: str,
+        token: str | None = None,
+        *,
+        user: str = "alice",
+        query: str = "",
+        **connect: Any,
+    ) -> Peer:
+        """Connect and read the welcome (fails the test if the first frame is not one)."""
+        peer = await cls.connect(
+            base_ws_url, room, token or make_token(user), query=query, **connect
+        )
+        peer.welcome = await peer.expect("welcome")
+        return peer
+
+    @classmethod
+    async def connect(
+        cls, base_ws_url: str, room: str, token: str | None, *, query: str = "", **connect: Any
+    ) -> Peer:
+        url = f"{base_ws_url}/ws/webrtc/{room}"
+        params = [f"token={token}"] if token is not None else []
+        if query:
+            params.append(query)
+        if params:
+            url += "?" + "&".join(params)
+        return cls(await websockets.connect(url, open_timeout=5, max_size=None, **connect))
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(
+            message if isinstance(message, (str, bytes)) else orjson.dumps(message).decode()
+        )
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        message: dict[str, Any] = orjson.loads(frame)
+        return message
+
+    async def expect(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """The next frame, which must be of type ``kind``."""
+        message = await self.recv(timeout)
+        assert message["type"] == kind, f"expected {kind}, got {message}"
+        return message
+
+    async def expect_close(self, timeout: float = RECV_TIMEOUT) -> tuple[int, str]:
+        """Read until the server closes; return its close code and reason."""
+
+        async def drain() -> None:
+            while True:
+                await self.ws.recv()
+
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(drain(), timeout)
+        assert self.ws.close_code is not None, "connection still open"
+        return self.ws.close_code, self.ws.close_reason or ""
+
+    async def assert_silent(self, seconds: float = 0.3) -> None:
+        """Nothing arrives within ``seconds``."""
+        try:
+            frame = await asyncio.wait_for(self.ws.recv(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame: {frame!r}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    def offer(self, to: str | None, sdp: str = "v=0\r\n", **extra: Any) -> dict[str, Any]:
+        return {"type": "offer", "to": to, "payload": {"type": "offer", "sdp": sdp}, **extra}
