@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -24,6 +25,15 @@ def make_token(
     now = int(time.time())
     body: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl, **claims}
     return jwt.encode(body, secret, algorithm="HS256")
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll state the test cannot subscribe to (Redis, a process) until true."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition still false after {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 class Peer:

@@ -131,9 +131,14 @@ async def test_broadcast_reaches_everyone_but_the_sender(server: SbdServer) -> N
 
 async def test_messages_from_one_sender_arrive_in_order(server: SbdServer) -> None:
     a, b = await pair(server)
-    for i in range(300):
-        await a.send({"type": "app", "to": b.peer_id, "payload": {"seq": i}})
+
+    async def send_all() -> None:  # under the default burst of 400
+        for i in range(300):
+            await a.send({"type": "app", "to": b.peer_id, "payload": {"seq": i}})
+
+    sending = asyncio.create_task(send_all())
     received = [(await b.expect("app"))["payload"]["seq"] for _ in range(300)]
+    await sending
     assert received == list(range(300))
 
 

@@ -7,6 +7,8 @@ checks by running the same contract tests against both.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from second_brain_database.webrtc import frames
@@ -68,6 +70,9 @@ class MemoryBroker(Broker):
             if room is None or envelope.to not in room.members:
                 return False
         self._dispatch(room_id, envelope)
+        # Yield like a network publish would: a sender whose frames are all
+        # buffered must not starve the receivers' writer tasks.
+        await asyncio.sleep(0)
         return True
 
     async def set_media(self, room_id: str, peer_id: str, media: bytes, envelope: Envelope) -> None:

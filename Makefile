@@ -1,0 +1,44 @@
+# The two commands of the quick start: `make serve` and `make test`.
+# Each sets up what it needs first (a virtualenv in .venv), so either works
+# on a fresh clone.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint typecheck pytest setup setup-test
+
+$(BIN)/sbd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-deps: $(BIN)/sbd
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/sbd
+setup-test: $(VENV)/.test-deps
+
+# A .env with a random signing key, so `sbd token` and the server agree.
+.env:
+	@echo "SBD_JWT_SECRET=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > .env
+	@echo "wrote .env with a random SBD_JWT_SECRET"
+
+serve: setup .env
+	$(BIN)/sbd serve --host $(HOST) --port $(PORT)
+
+lint: setup-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup-test
+	$(BIN)/mypy
+
+pytest: setup-test
+	$(BIN)/pytest
+
+test: lint typecheck pytest
