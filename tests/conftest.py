@@ -33,14 +33,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 SbdFactory = Callable[..., SbdServer]
+# Short enough that tests can watch a resume window run out.
+RESUME_TTL = 2.0
 
 
 @pytest.fixture
 def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
     started: list[SbdServer] = []
 
-    def start(env: dict[str, str] | None = None, wait_ready: bool = True) -> SbdServer:
-        server = SbdServer(env, log_dir=artifacts_dir)
+    def start(
+        env: dict[str, str] | None = None, wait_ready: bool = True, args: tuple[str, ...] = ()
+    ) -> SbdServer:
+        server = SbdServer(env, log_dir=artifacts_dir, args=args)
         started.append(server)
         return server.start(wait_ready=wait_ready)
 
@@ -51,7 +55,11 @@ def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
 
 @pytest.fixture(scope="session", params=["memory", "redis"])
 def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
-    env = {"SBD_MAX_PEERS_PER_ROOM": "4", "SBD_MAX_MESSAGE_BYTES": "16384"}
+    env = {
+        "SBD_MAX_PEERS_PER_ROOM": "4",
+        "SBD_MAX_MESSAGE_BYTES": "16384",
+        "SBD_RESUME_TTL": str(RESUME_TTL),
+    }
     if request.param == "redis":
         redis = request.getfixturevalue("redis_server")
         env["SBD_REDIS_URL"] = redis.url
@@ -64,7 +72,11 @@ def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdS
 def cluster(
     redis_server: RedisServer, artifacts_dir: Path
 ) -> Iterator[tuple[SbdServer, SbdServer]]:
-    env = {"SBD_REDIS_URL": redis_server.url, "SBD_PRESENCE_TTL": "2"}
+    env = {
+        "SBD_REDIS_URL": redis_server.url,
+        "SBD_PRESENCE_TTL": "2",
+        "SBD_RESUME_TTL": str(RESUME_TTL),
+    }
     first = SbdServer(env, log_dir=artifacts_dir).start()
     second = SbdServer(env, log_dir=artifacts_dir).start()
     yield first, second

@@ -4,6 +4,11 @@ The manager owns this process's local connections, grouped by room. Each
 session reads client frames in its own task and writes through a bounded
 queue drained by a writer task, so a client that cannot keep up is closed
 instead of slowing delivery to anyone else.
+
+A session that ends without ``leave`` hands its peer over for resume: it
+marks the peer away, waits for the broker's barrier (every frame published
+before it has arrived here), and moves the frames it never sent to the head
+of the peer's mailbox. docs/reliability.md describes the guarantees.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from second_brain_database.webrtc.broker import (
     BrokerUnavailable,
     Envelope,
     Member,
+    ResumeBusy,
+    Resumed,
+    ResumeRefused,
     RoomFull,
 )
-from second_brain_database.webrtc.broker.base import KICK
+from second_brain_database.webrtc.broker.base import BARRIER, KICK, MAILBOX_MAX_FRAMES, REPLACED
 from second_brain_database.webrtc.ratelimit import TokenBucket
 from second_brain_database.webrtc.schemas import (
     PONG_FRAME,
@@ -52,20 +60,25 @@ from second_brain_database.webrtc.schemas import (
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
+# How long a resume waits for the previous session to hand the peer over
+# before taking it regardless (that session's instance may have died).
+HANDOVER_TIMEOUT_S = 3.0
+BARRIER_TIMEOUT_S = 2.0
 # Consecutive frames refused by the rate limit before the connection is closed.
 RATE_LIMIT_STRIKES = 20
-# A client that stops reading: 1013 "try again later"; it may resume.
-SLOW_CONSUMER_CLOSE = 1013
-UNAVAILABLE_CLOSE = 1013
+UNAVAILABLE = "not delivered: the signaling backend is unavailable, retry shortly"
 BINARY_REFUSED = "binary frames are not accepted; send JSON in text frames"
 TARGETABLE = (OfferMessage, AnswerMessage, IceCandidateMessage, AppMessage)
-RELAYED = (*TARGETABLE, MediaStateMessage)
+# Endings after which the peer is gone for good; any other ending is resumable.
+FINAL_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED})
+# Close codes that count as themselves in metrics; a client's own code is "other".
+_KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 
 _PONG = PONG_FRAME.decode()
 
 
 class SessionEnded(Exception):
-    """Raised inside a session's reader to end it with a close code."""
+    """Why a session ended: the close code and reason it is closed with."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
@@ -82,50 +95,72 @@ class Session:
         room_id: str,
         member: Member,
         principal: Principal,
+        resume_secret: str,
         settings: Settings,
     ) -> None:
         self.websocket = websocket
         self.room_id = room_id
         self.member = member
         self.principal = principal
+        self.owner = secrets.token_hex(8)
+        self.resume_secret = resume_secret
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=settings.send_queue_size)
-        self._held: list[str] | None = []
+        self.end: SessionEnded | None = None
+        self.barrier = asyncio.Event()
+        self.finished = asyncio.Event()
         self._limit = settings.send_queue_size
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self._limit)
+        # Frames that arrive before the welcome went out, or after the end.
+        self._held: list[str] = []
+        self._live = False
+        self.started = False
+        self._sending: str | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self.end: SessionEnded | None = None
 
     @property
     def peer_id(self) -> str:
         return self.member.peer_id
 
+    @property
+    def resume_token(self) -> str:
+        return f"{self.peer_id}.{self.resume_secret}"
+
+    def finish(self, code: int, reason: str) -> SessionEnded:
+        """Record why the session ends (the first reason wins) and return it."""
+        if self.end is None:
+            self.end = SessionEnded(code, reason)
+        return self.end
+
     def enqueue(self, frame: str) -> None:
-        if self._held is not None:
-            # Not welcomed yet: keep arrivals until the welcome goes first.
-            if len(self._held) >= self._limit:
-                self.abort(SLOW_CONSUMER_CLOSE, "send queue overflow")
-                return
-            self._held.append(frame)
+        if not self._live:
+            # Not welcomed yet, or over: keep it for the welcome or the mailbox.
+            if len(self._held) < MAILBOX_MAX_FRAMES:
+                self._held.append(frame)
             return
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             metrics.SLOW_CONSUMERS.inc()
-            self.abort(SLOW_CONSUMER_CLOSE, "send queue overflow")
+            self.abort(CloseCode.TRY_AGAIN_LATER, "send queue overflow")
+            self._held.append(frame)
             return
         metrics.MESSAGES_DELIVERED.inc()
 
-    def start(self, welcome: str) -> None:
-        """Send the welcome, then whatever arrived while joining, then live frames."""
-        held, self._held = self._held or [], None
+    def start(self, welcome: str, mailbox: list[str]) -> None:
+        """Send the welcome, the mailbox, what arrived meanwhile, then live frames."""
+        arrived, self._held = self._held, []
+        self._live = self.started = True
         self._queue.put_nowait(welcome)
-        for frame in held:
-            self.enqueue(frame)
+        for frame in [*mailbox, *arrived]:
+            if not frame.startswith("!"):
+                self.enqueue(frame)
         self._reader = asyncio.current_task()
         self._writer = asyncio.create_task(self._write_forever(), name=f"sbd-writer-{self.peer_id}")
         self.schedule_expiry()
+        if self.end is not None:
+            raise self.end
 
     def schedule_expiry(self) -> None:
         if self._expiry is not None:
@@ -139,7 +174,8 @@ class Session:
         """End the session from outside its reader (kick, expiry, overflow)."""
         if self.end is not None:
             return
-        self.end = SessionEnded(code, reason)
+        self.finish(code, reason)
+        self._live = False
         if self._reader is not None:
             self._reader.cancel()
 
@@ -148,32 +184,47 @@ class Session:
         queue = self._queue
         try:
             while True:
-                frame = await queue.get()
-                await send({"type": "websocket.send", "text": frame})
+                self._sending = await queue.get()
+                await send({"type": "websocket.send", "text": self._sending})
+                self._sending = None
                 queue.task_done()
+        except asyncio.CancelledError:
+            self._sending = None  # possibly sent: never deliver it twice
+            raise
         except Exception:  # the peer went away; the reader notices and cleans up
             self.abort(CloseCode.GOING_AWAY, "send failed")
 
-    async def stop(self, code: int, reason: str) -> None:
+    async def stop_writing(self) -> None:
+        """Stop delivering; what is left is kept for :meth:`unsent`."""
+        self._live = False
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._writer is not None:
-            if code == CloseCode.NORMAL:
-                await self._drain()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        await close_websocket(self.websocket, code, reason)
+        if self._writer is None:
+            return
+        if self.end is not None and self.end.code == CloseCode.NORMAL:
+            # A normal close lets queued frames out first, briefly.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), CLOSE_TIMEOUT_S)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
 
-    async def _drain(self) -> None:
-        """Let queued frames go out before a normal close, briefly."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), CLOSE_TIMEOUT_S)
+    def unsent(self) -> list[str]:
+        """Frames never handed to the socket, in order (after stop_writing)."""
+        frames_left = [self._sending] if self._sending is not None else []
+        while not self._queue.empty():
+            frames_left.append(self._queue.get_nowait())
+        frames_left.extend(self._held)
+        self._held = []
+        return [frame for frame in frames_left if not frame.startswith("!")]
 
 
 async def close_websocket(websocket: WebSocket, code: int, reason: str = "") -> None:
     """Close without ever blocking on a peer that does not read."""
-    if websocket.application_state != WebSocketState.CONNECTED:
+    if (
+        websocket.application_state != WebSocketState.CONNECTED
+        or websocket.client_state != WebSocketState.CONNECTED
+    ):
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason[:120]), CLOSE_TIMEOUT_S)
@@ -186,6 +237,7 @@ class ConnectionManager:
         self.settings = settings
         self._rooms: dict[str, dict[str, Session]] = {}
         broker.set_delivery(self.deliver)
+        broker.set_resync(self.resync)
 
     @property
     def session_count(self) -> int:
@@ -201,65 +253,162 @@ class ConnectionManager:
             session = local.get(envelope.to)
             if session is None:
                 return
-            if envelope.frame == KICK:
-                session.abort(CloseCode.UNAUTHORIZED, "removed from the room by a host")
+            frame = envelope.frame
+            if frame.startswith("!"):
+                self._control(session, frame)
             else:
-                session.enqueue(envelope.frame)
+                session.enqueue(frame)
             return
         frame = envelope.frame
         for peer_id, session in local.items():
-            if peer_id != envelope.exclude:
+            if not envelope.excludes(peer_id):
                 session.enqueue(frame)
+
+    @staticmethod
+    def _control(session: Session, frame: str) -> None:
+        if frame == KICK:
+            session.abort(CloseCode.UNAUTHORIZED, "removed from the room by a host")
+        elif frame.startswith(BARRIER):
+            if frame.removeprefix(BARRIER) == session.owner:
+                session.barrier.set()
+        elif frame.startswith(REPLACED) and frame.removeprefix(REPLACED) != session.owner:
+            session.abort(CloseCode.SESSION_REPLACED, "session resumed on another connection")
 
     # --- one WebSocket session ------------------------------------------
 
-    async def run(self, websocket: WebSocket, room_id: str, principal: Principal) -> None:
-        """Join ``room_id`` as ``principal`` and serve until the session ends.
+    async def run(
+        self,
+        websocket: WebSocket,
+        room_id: str,
+        principal: Principal,
+        resume_token: str | None = None,
+    ) -> None:
+        """Join (or resume in) ``room_id`` as ``principal`` until the session ends.
 
         The WebSocket is already accepted and authenticated."""
-        member = Member(secrets.token_urlsafe(12), principal.user_id, principal.name)
-        session = Session(websocket, room_id, member, principal, self.settings)
-        self._rooms.setdefault(room_id, {})[member.peer_id] = session
+        old_secret = ""
+        if resume_token is not None:
+            peer_id, _, old_secret = resume_token.partition(".")
+            await self._hand_over_local(room_id, peer_id)
+        else:
+            peer_id = secrets.token_urlsafe(12)
+        member = Member(peer_id, principal.user_id, principal.name)
+        session = Session(
+            websocket, room_id, member, principal, secrets.token_urlsafe(24), self.settings
+        )
+        self._rooms.setdefault(room_id, {})[peer_id] = session
         metrics.LOCAL_ROOMS.set(len(self._rooms))
-        end = SessionEnded(CloseCode.GOING_AWAY, "")
-        joined = False
         try:
-            await self.broker.subscribe(room_id)
-            try:
-                participants = await self.broker.join(
-                    room_id, member, self.settings.max_peers_per_room
-                )
-                joined = True
-                metrics.ROOM_SIZE.observe(len(participants) + 1)
-                session.start(
-                    frames.welcome(member, room_id, secrets.token_urlsafe(24), participants)
-                )
-                await self._read_forever(session)
-            finally:
-                if joined and (session.end is None or session.end.code != CloseCode.NORMAL):
-                    await self.broker.leave(room_id, member)
-                await self.broker.unsubscribe(room_id)
+            await self._serve(session, old_secret if resume_token is not None else None)
         except RoomFull:
-            end = SessionEnded(CloseCode.ROOM_FULL, "room is full")
+            session.finish(CloseCode.ROOM_FULL, "room is full")
+        except ResumeRefused:
+            metrics.AUTH_FAILURES.labels(reason="bad resume token").inc()
+            session.finish(CloseCode.UNAUTHORIZED, "invalid resume token")
         except BrokerUnavailable:
             metrics.BROKER_ERRORS.inc()
-            end = SessionEnded(UNAVAILABLE_CLOSE, "signaling backend unavailable, retry")
+            session.finish(CloseCode.TRY_AGAIN_LATER, "signaling backend unavailable, retry")
         except SessionEnded as ended:
-            end = ended
+            session.finish(ended.code, ended.reason)
         except asyncio.CancelledError:
             if session.end is None:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            end = session.end
         finally:
+            end = session.finish(CloseCode.GOING_AWAY, "")
+            await session.stop_writing()
+            await close_websocket(websocket, end.code, end.reason)
+            code = end.code if end.code in _KNOWN_CLOSES else "other"
+            metrics.CONNECTIONS_CLOSED.labels(code=str(code)).inc()
+            session.finished.set()
+
+    async def _serve(self, session: Session, old_secret: str | None) -> None:
+        room_id = session.room_id
+        try:
+            await self.broker.subscribe(room_id)
+        except BrokerUnavailable:
             self._forget(session)
-            await session.stop(end.code, end.reason)
-            metrics.CONNECTIONS_CLOSED.labels(code=str(end.code)).inc()
+            raise
+        joined = False
+        try:
+            if old_secret is None:
+                participants = await self.broker.join(
+                    room_id,
+                    session.member,
+                    session.owner,
+                    self.settings.max_peers_per_room,
+                    session.resume_secret,
+                )
+                mailbox: list[str] = []
+            else:
+                resumed = await self._resume(session, old_secret)
+                participants = [p for p in resumed.participants if p.peer_id != session.peer_id]
+                mailbox = resumed.mailbox
+            joined = True
+            metrics.ROOM_SIZE.observe(len(participants) + 1)
+            welcome = frames.welcome(session.member, room_id, session.resume_token, participants)
+            session.start(welcome, mailbox)
+            await self._read_forever(session)
+        finally:
+            if joined:
+                await self._depart(session)
+            self._forget(session)
+            await self.broker.unsubscribe(room_id)
+
+    async def _hand_over_local(self, room_id: str, peer_id: str) -> None:
+        """A resume of a peer this process still serves: end that session first."""
+        previous = self._rooms.get(room_id, {}).get(peer_id)
+        if previous is None:
+            return
+        previous.abort(CloseCode.SESSION_REPLACED, "session resumed on another connection")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(previous.finished.wait(), HANDOVER_TIMEOUT_S)
+
+    async def _resume(self, session: Session, old_secret: str) -> Resumed:
+        """Take the peer over; a session elsewhere still serving it is asked to
+        let go, and after HANDOVER_TIMEOUT_S it is taken regardless."""
+        deadline = time.monotonic() + HANDOVER_TIMEOUT_S
+        asked = False
+        for _ in range(1000):
+            try:
+                return await self.broker.resume(
+                    session.room_id,
+                    session.peer_id,
+                    session.member.user_id,
+                    old_secret,
+                    session.owner,
+                    session.resume_secret,
+                    force=time.monotonic() > deadline,
+                )
+            except ResumeBusy as busy:
+                if not asked and not busy.owner.startswith("~"):
+                    replaced = Envelope(session.peer_id, "", REPLACED + session.owner)
+                    await self.broker.publish(session.room_id, replaced)
+                    asked = True
+            await asyncio.sleep(0.02)
+        raise BrokerUnavailable("resume handover did not converge")
+
+    async def _depart(self, session: Session) -> None:
+        """Leave for good, or hand the peer over for a resume."""
+        end = session.finish(CloseCode.GOING_AWAY, "")
+        await session.stop_writing()
+        try:
+            if end.code in FINAL_CLOSES or self.broker.resume_ttl <= 0:
+                await self.broker.leave(session.room_id, session.member, session.owner)
+                return
+            if not await self.broker.away(session.room_id, session.member, session.owner):
+                return  # another session serves the peer now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.barrier.wait(), BARRIER_TIMEOUT_S)
+            await self.broker.release(session.room_id, session.member, session.unsent())
+        except BrokerUnavailable as exc:
+            metrics.BROKER_ERRORS.inc()
+            logger.warning("could not hand over peer %s: %s", session.peer_id, exc)
 
     def _forget(self, session: Session) -> None:
         local = self._rooms.get(session.room_id)
-        if local is not None:
-            local.pop(session.peer_id, None)
+        if local is not None and local.get(session.peer_id) is session:
+            del local[session.peer_id]
             if not local:
                 del self._rooms[session.room_id]
         metrics.LOCAL_ROOMS.set(len(self._rooms))
@@ -268,10 +417,10 @@ class ConnectionManager:
         receive = session.websocket.receive
         max_bytes = self.settings.max_message_bytes
         while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                raise SessionEnded(message.get("code", CloseCode.GOING_AWAY), "")
-            text = message.get("text")
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                raise session.finish(event.get("code", CloseCode.GOING_AWAY), "")
+            text = event.get("text")
             if text is None:
                 self._send_error(session, ProtocolError(ErrorCode.INVALID_MESSAGE, BINARY_REFUSED))
                 continue
@@ -279,28 +428,27 @@ class ConnectionManager:
             if len(text) > max_bytes or (
                 len(text) * 4 > max_bytes and len(text.encode()) > max_bytes
             ):
-                raise SessionEnded(CloseCode.MESSAGE_TOO_BIG, "frame too large")
+                raise session.finish(CloseCode.MESSAGE_TOO_BIG, "frame too large")
             if not session.bucket.allow():
                 if session.bucket.strikes >= RATE_LIMIT_STRIKES:
-                    raise SessionEnded(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                    raise session.finish(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 self._send_error(session, ProtocolError(ErrorCode.RATE_LIMITED, "slow down"))
                 continue
             try:
-                await self._handle(session, parse_client_frame(text))
+                message = parse_client_frame(text)
+                try:
+                    await self._handle(session, message)
+                except BrokerUnavailable:
+                    # Redis is away: say so and keep the connection; the broker
+                    # reconnects on its own and the client may retry.
+                    metrics.BROKER_ERRORS.inc()
+                    raise ProtocolError(ErrorCode.UNAVAILABLE, UNAVAILABLE, message.id) from None
             except ProtocolError as error:
                 self._send_error(session, error)
 
     async def _handle(self, session: Session, message: ClientMessage) -> None:
         metrics.MESSAGES_RECEIVED.labels(type=message.type.value).inc()
-        if isinstance(message, RELAYED):
-            if isinstance(message, MediaStateMessage):
-                media = message.payload.model_dump(exclude_none=True)
-                envelope = frames.relayed(message.type, session.member, None, media)
-                await self.broker.set_media(
-                    session.room_id, session.peer_id, orjson.dumps(media), envelope
-                )
-                return
-            assert isinstance(message, TARGETABLE)
+        if isinstance(message, TARGETABLE):
             payload = message.payload
             if isinstance(payload, BaseModel):
                 payload = payload.model_dump(exclude_none=True)
@@ -311,15 +459,17 @@ class ConnectionManager:
                 )
             envelope = frames.relayed(message.type, session.member, to, payload)
             if not await self.broker.publish(session.room_id, envelope):
-                raise ProtocolError(
-                    ErrorCode.UNKNOWN_PEER, f"no peer {to} in the room", message.id
-                )
+                raise ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {to} in the room", message.id)
+        elif isinstance(message, MediaStateMessage):
+            media = message.payload.model_dump(exclude_none=True)
+            envelope = frames.relayed(message.type, session.member, None, media)
+            await self.broker.set_media(
+                session.room_id, session.peer_id, orjson.dumps(media), envelope.frame
+            )
         elif isinstance(message, PingMessage):
             session.enqueue(_PONG)
         elif isinstance(message, LeaveMessage):
-            await self.broker.leave(session.room_id, session.member)
-            session.end = SessionEnded(CloseCode.NORMAL, "left")
-            raise session.end
+            raise session.finish(CloseCode.NORMAL, "left")
         elif isinstance(message, RefreshMessage):
             self._refresh(session, message)
         elif isinstance(message, KickMessage):
@@ -345,19 +495,31 @@ class ConnectionManager:
         if not session.principal.is_host:
             raise ProtocolError(ErrorCode.FORBIDDEN, "only a host may kick", message.id)
         target = message.payload.peer_id
-        envelope = Envelope(to=target, exclude=session.peer_id, frame=KICK)
-        if target == session.peer_id or not await self.broker.publish(session.room_id, envelope):
-            raise ProtocolError(
-                ErrorCode.UNKNOWN_PEER, f"no peer {target} in the room", message.id
-            )
+        if target == session.peer_id or not await self.broker.kick(session.room_id, target):
+            raise ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {target} in the room", message.id)
 
     @staticmethod
     def _send_error(session: Session, error: ProtocolError) -> None:
         metrics.ERRORS_SENT.labels(code=error.code.value).inc()
         session.enqueue(error.frame().decode())
 
-    async def close_all(self, code: int, reason: str) -> None:
-        """Close every local session (shutdown)."""
+    async def resync(self) -> None:
+        """Re-register every live local peer (Redis may have lost them)."""
+        restored = 0
         for local in list(self._rooms.values()):
             for session in list(local.values()):
-                session.abort(code, reason)
+                if session.end is None and session.started:
+                    restored += await self.broker.reregister(
+                        session.room_id, session.member, session.owner, session.resume_secret
+                    )
+        if restored:
+            logger.warning("re-registered %d local peers missing from Redis", restored)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every local session (shutdown)."""
+        sessions = [s for local in self._rooms.values() for s in local.values()]
+        for session in sessions:
+            session.abort(code, reason)
+        for session in sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.finished.wait(), HANDOVER_TIMEOUT_S)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, WebSocket
 from pydantic import BaseModel
 
 from second_brain_database.auth.tokens import Principal
+from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.dependencies import (
     CurrentUser,
@@ -18,6 +20,7 @@ from second_brain_database.webrtc.dependencies import (
 from second_brain_database.webrtc.schemas import Participant
 from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["webrtc"])
 
 
@@ -32,16 +35,20 @@ async def signaling_socket(
     room_id: str,
     service: Service,
     principal: Annotated[Principal | None, Depends(get_current_user_ws)],
+    resume: str | None = None,
 ) -> None:
     """Join ``room_id`` and exchange signaling messages (docs/protocol.md)."""
     if principal is None:
         return
+    bind_session(room_id=room_id, user_id=principal.user_id)
     metrics.CONNECTIONS_OPENED.inc()
     metrics.CONNECTIONS.inc()
     try:
-        await service.manager.run(websocket, room_id, principal)
+        await service.manager.run(websocket, room_id, principal, resume)
     finally:
         metrics.CONNECTIONS.dec()
+        # Carries room, peer and user ids (logging_setup.LogContext).
+        logger.info("signaling session ended")
 
 
 @router.get(

@@ -70,6 +70,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_PEER = "unknown_peer"
     RATE_LIMITED = "rate_limited"
     FORBIDDEN = "forbidden"
+    # Not in PROTOCOL.md: the message could not be relayed because Redis is
+    # unreachable (docs/protocol.md, "Extensions").
+    UNAVAILABLE = "unavailable"
 
 
 class CloseCode(IntEnum):
@@ -78,10 +81,12 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
     UNAUTHORIZED = 4003
     ROOM_FULL = 4008
     RATE_LIMITED = 4029
     INVALID_ROOM = 4400
+    SESSION_REPLACED = 4409
 
 
 # --- payloads ---------------------------------------------------------------

@@ -13,6 +13,9 @@ from second_brain_database.webrtc.broker.base import (
     BrokerUnavailable,
     Envelope,
     Member,
+    ResumeBusy,
+    Resumed,
+    ResumeRefused,
     RoomFull,
 )
 from second_brain_database.webrtc.broker.memory import MemoryBroker
@@ -25,6 +28,9 @@ __all__ = [
     "Member",
     "MemoryBroker",
     "RedisBroker",
+    "ResumeBusy",
+    "ResumeRefused",
+    "Resumed",
     "RoomFull",
     "create_broker",
 ]
@@ -33,9 +39,12 @@ __all__ = [
 def create_broker(settings: Settings) -> Broker:
     url = settings.redis_url
     if url is None or url.startswith("memory://"):
-        return MemoryBroker()
+        return MemoryBroker(resume_ttl=settings.resume_ttl)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisBroker(
-            url, instance_id=settings.instance_id, presence_ttl=settings.presence_ttl
+            url,
+            instance_id=settings.instance_id,
+            presence_ttl=settings.presence_ttl,
+            resume_ttl=settings.resume_ttl,
         )
     raise ValueError(f"unsupported SBD_REDIS_URL scheme: {url.split(':', 1)[0]!r}")

@@ -1,21 +1,29 @@
-"""The broker interface: room membership, and publishing to a room.
+"""The broker interface: room membership, resumable sessions, publishing.
 
 One broker per server process. Every message for a room is published to the
 room's channel as an :class:`Envelope`; the broker hands each envelope that
 reaches this process to the single delivery callback the connection manager
 registered, which fans it out to the local connections of that room. An
 instance is subscribed to a room while it has at least one local peer there.
+
+Each connection is a *session* with its own id (its ``owner`` token). A
+peer is served by one session at a time; when that connection ends without
+``leave`` the peer waits, for ``SBD_RESUME_TTL`` seconds, for a new session
+to resume it, and messages to it go to its mailbox meanwhile.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import orjson
 
 from second_brain_database.webrtc.schemas import Participant
+
+MAILBOX_MAX_FRAMES = 1024
 
 
 class RoomFull(Exception):
@@ -26,14 +34,27 @@ class BrokerUnavailable(Exception):
     """The shared backend cannot be reached right now."""
 
 
+class ResumeRefused(Exception):
+    """The resume token is unknown, expired, already used or another user's."""
+
+
+class ResumeBusy(Exception):
+    """Another session still serves the peer (or is handing it over)."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A frame addressed within a room.
 
-    ``to`` is a peer id, or ``""`` for every peer of the room but ``exclude``.
-    ``frame`` is the serialized text frame, encoded once for all receivers.
-    A ``frame`` starting with ``!`` is a control instruction for the instance
-    holding ``to`` (e.g. ``!kick``), never sent to a client.
+    ``to`` is a peer id, or ``""`` for every peer of the room but those in
+    ``exclude`` (comma-separated: the sender, and peers waiting to resume,
+    which get the frame in their mailbox instead). ``frame`` is the text
+    frame, serialized once for all receivers. A frame starting with ``!`` is
+    a control instruction for the session serving ``to``, never sent on.
     """
 
     to: str
@@ -41,8 +62,8 @@ class Envelope:
     frame: str
 
     def pack(self) -> bytes:
-        # Peer ids never contain a newline (schemas.PeerId), so two newlines
-        # delimit the routing header without parsing the JSON frame again.
+        # Peer ids never contain a newline or a comma (schemas.PeerId), so
+        # the routing header needs no parsing of the JSON frame.
         return f"{self.to}\n{self.exclude}\n{self.frame}".encode()
 
     @classmethod
@@ -51,10 +72,21 @@ class Envelope:
         to, exclude, frame = text.split("\n", 2)
         return cls(to, exclude, frame)
 
+    def excludes(self, peer_id: str) -> bool:
+        exclude = self.exclude
+        if peer_id == exclude:
+            return True
+        return "," in exclude and peer_id in exclude.split(",")
 
+
+# Control frames (Envelope.frame) for the session serving ``to``.
 KICK = "!kick"
+BARRIER = "!barrier:"  # + owner: all frames published before it have arrived
+REPLACED = "!replaced:"  # + owner of the session taking over
+
 
 Deliver = Callable[[str, Envelope], None]
+Resync = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +111,33 @@ class Member:
         )
 
 
+@dataclass(slots=True)
+class Resumed:
+    participants: list[Participant]
+    """Everyone in the room, the resumed peer included."""
+    mailbox: list[str] = field(default_factory=list)
+    """Frames addressed to the peer while it was away, in order."""
+
+
+def secret_digest(secret: str) -> str:
+    """What the broker stores of a resume secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 class Broker(ABC):
     """What the connection manager needs from a backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, resume_ttl: float) -> None:
         self._deliver: Deliver | None = None
+        self._resync: Resync | None = None
+        self.resume_ttl = resume_ttl
 
     def set_delivery(self, deliver: Deliver) -> None:
         self._deliver = deliver
+
+    def set_resync(self, resync: Resync) -> None:
+        """Called when shared state may have been lost (a backend restart)."""
+        self._resync = resync
 
     def _dispatch(self, room_id: str, envelope: Envelope) -> None:
         if self._deliver is not None:
@@ -104,32 +155,83 @@ class Broker(ABC):
 
     @abstractmethod
     async def subscribe(self, room_id: str) -> None:
-        """Count one more local peer in ``room_id``; the first subscribes.
+        """Count one more local session in ``room_id``; the first subscribes.
 
         Returns once envelopes published to the room reach this process."""
 
     @abstractmethod
     async def unsubscribe(self, room_id: str) -> None:
-        """Count one local peer fewer in ``room_id``; the last unsubscribes."""
+        """Count one local session fewer in ``room_id``; the last unsubscribes."""
 
     @abstractmethod
-    async def join(self, room_id: str, member: Member, capacity: int) -> list[Participant]:
-        """Add ``member`` unless the room is full (:class:`RoomFull`), announce
-        it with ``user-joined``, and return the participants already there."""
+    async def join(
+        self, room_id: str, member: Member, owner: str, capacity: int, resume_secret: str
+    ) -> list[Participant]:
+        """Add ``member``, served by session ``owner``, unless the room is full
+        (:class:`RoomFull`); announce it with ``user-joined``; return the
+        participants that were already there."""
 
     @abstractmethod
-    async def leave(self, room_id: str, member: Member) -> bool:
-        """Remove the peer if this instance still owns it and announce it with
-        ``user-left``; False when it was not (or no longer) ours."""
+    async def reregister(
+        self, room_id: str, member: Member, owner: str, resume_secret: str
+    ) -> bool:
+        """Put a live local peer back if the shared state lost it, announcing
+        it with ``user-joined``; True when it was missing."""
+
+    @abstractmethod
+    async def leave(self, room_id: str, member: Member, owner: str) -> bool:
+        """Remove the peer while ``owner`` still serves it and announce
+        ``user-left``; False when it was not (or no longer) ``owner``'s."""
+
+    @abstractmethod
+    async def away(self, room_id: str, member: Member, owner: str) -> bool:
+        """``owner``'s connection ended without ``leave``: keep the peer for
+        ``resume_ttl`` seconds and publish the barrier control frame to it.
+        False when ``owner`` no longer serves the peer."""
+
+    @abstractmethod
+    async def release(self, room_id: str, member: Member, unsent: list[str]) -> None:
+        """Put the frames the old session never sent at the head of the
+        peer's mailbox and make the peer resumable."""
+
+    @abstractmethod
+    async def resume(
+        self,
+        room_id: str,
+        peer_id: str,
+        user_id: str,
+        secret: str,
+        owner: str,
+        new_secret: str,
+        *,
+        force: bool = False,
+    ) -> Resumed:
+        """Hand the peer to session ``owner``. Raises :class:`ResumeRefused`,
+        or :class:`ResumeBusy` while another session serves it (``force``
+        takes it regardless, for an owner that died)."""
 
     @abstractmethod
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
-        """Publish to the room; False (nothing sent) when ``envelope.to`` is
-        not a member. One backend round trip."""
+        """Deliver to the room (``to`` empty) or to one peer; False (nothing
+        sent) when ``envelope.to`` is not a member. One backend round trip."""
 
     @abstractmethod
-    async def set_media(self, room_id: str, peer_id: str, media: bytes, envelope: Envelope) -> None:
-        """Record the peer's media state and publish ``envelope`` with it."""
+    async def set_media(self, room_id: str, sender: str, media: bytes, frame: str) -> None:
+        """Record the sender's media state and broadcast ``frame`` with it."""
+
+    @abstractmethod
+    async def kick(self, room_id: str, peer_id: str) -> bool:
+        """Remove a peer: its session is told to close (``KICK``), or, when it
+        is waiting to resume, it is removed at once. False if not a member."""
 
     @abstractmethod
     async def participants(self, room_id: str) -> list[Participant]: ...
+
+    # --- administration (admin API, ``sbd rooms``) ------------------------
+
+    @abstractmethod
+    async def list_rooms(self, cursor: str, count: int) -> tuple[list[tuple[str, int]], str]:
+        """One page of rooms that have members, as ``(room_id, member count)``,
+        and the cursor of the next page (``"0"`` after the last). SCAN
+        semantics: a page may be shorter or longer than ``count``, and a room
+        that exists for the whole walk is listed at least once."""

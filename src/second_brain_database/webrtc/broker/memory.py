@@ -1,38 +1,75 @@
 """The embedded broker: room state in this process, delivery by direct call.
 
 Used when ``SBD_REDIS_URL`` is unset, so a single instance needs nothing
-else. Its semantics match the Redis broker's, which the shared test suite
-checks by running the same contract tests against both.
+else. Its semantics match the Redis broker's (see redis_scripts.py for the
+states a peer goes through), which the shared test suite checks by running
+the same contract tests against both.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import orjson
 
 from second_brain_database.webrtc import frames
-from second_brain_database.webrtc.broker.base import Broker, Envelope, Member, RoomFull
+from second_brain_database.webrtc.broker.base import (
+    BARRIER,
+    KICK,
+    MAILBOX_MAX_FRAMES,
+    Broker,
+    Envelope,
+    Member,
+    ResumeBusy,
+    Resumed,
+    ResumeRefused,
+    RoomFull,
+    secret_digest,
+)
 from second_brain_database.webrtc.schemas import Participant
+
+FLUSHING = "~flushing"
+AWAY = "~away"
 
 
 class _Room:
-    __slots__ = ("media", "members")
+    __slots__ = ("expiries", "mailboxes", "media", "members", "owners", "secrets")
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}
+        self.owners: dict[str, str] = {}
         self.media: dict[str, dict[str, object]] = {}
+        self.secrets: dict[str, str] = {}
+        self.mailboxes: dict[str, deque[str]] = {}
+        self.expiries: dict[str, asyncio.TimerHandle] = {}
+
+    def is_away(self, peer_id: str) -> bool:
+        return self.owners.get(peer_id, "").startswith("~")
+
+    def mail(self, peer_id: str, frame: str) -> None:
+        self.mailboxes.setdefault(peer_id, deque(maxlen=MAILBOX_MAX_FRAMES)).append(frame)
+
+    def forget(self, peer_id: str) -> None:
+        for table in (self.members, self.owners, self.media, self.secrets, self.mailboxes):
+            table.pop(peer_id, None)
+        expiry = self.expiries.pop(peer_id, None)
+        if expiry is not None:
+            expiry.cancel()
 
 
 class MemoryBroker(Broker):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, resume_ttl: float) -> None:
+        super().__init__(resume_ttl=resume_ttl)
         self._rooms: dict[str, _Room] = {}
 
     async def connect(self) -> None:
         return None
 
     async def disconnect(self) -> None:
+        for room in self._rooms.values():
+            for expiry in room.expiries.values():
+                expiry.cancel()
         self._rooms.clear()
 
     async def ready(self) -> bool:
@@ -45,41 +82,134 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, room_id: str) -> None:
         return None
 
-    async def join(self, room_id: str, member: Member, capacity: int) -> list[Participant]:
+    async def join(
+        self, room_id: str, member: Member, owner: str, capacity: int, resume_secret: str
+    ) -> list[Participant]:
         room = self._rooms.setdefault(room_id, _Room())
         if len(room.members) >= capacity:
             raise RoomFull(room_id)
         present = self._participants(room)
         room.members[member.peer_id] = member
+        room.owners[member.peer_id] = owner
+        room.secrets[member.peer_id] = secret_digest(resume_secret)
         self._dispatch(room_id, frames.user_joined(member))
         return present
 
-    async def leave(self, room_id: str, member: Member) -> bool:
+    async def reregister(
+        self, room_id: str, member: Member, owner: str, resume_secret: str
+    ) -> bool:
+        return False  # this process's state cannot be lost without the process
+
+    async def leave(self, room_id: str, member: Member, owner: str) -> bool:
         room = self._rooms.get(room_id)
-        if room is None or room.members.pop(member.peer_id, None) is None:
+        if room is None or room.owners.get(member.peer_id) != owner:
             return False
-        room.media.pop(member.peer_id, None)
+        self._remove(room_id, room, member)
+        return True
+
+    def _remove(self, room_id: str, room: _Room, member: Member) -> None:
+        room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
         self._dispatch(room_id, frames.user_left(member))
+
+    async def away(self, room_id: str, member: Member, owner: str) -> bool:
+        room = self._rooms.get(room_id)
+        if room is None or room.owners.get(member.peer_id) != owner:
+            return False
+        room.owners[member.peer_id] = FLUSHING
+        room.expiries[member.peer_id] = asyncio.get_running_loop().call_later(
+            self.resume_ttl, self._expire, room_id, member
+        )
+        self._dispatch(room_id, Envelope(member.peer_id, "", BARRIER + owner))
         return True
 
+    def _expire(self, room_id: str, member: Member) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None and room.is_away(member.peer_id):
+            room.expiries.pop(member.peer_id, None)
+            self._remove(room_id, room, member)
+
+    async def release(self, room_id: str, member: Member, unsent: list[str]) -> None:
+        room = self._rooms.get(room_id)
+        if room is None or room.owners.get(member.peer_id) != FLUSHING:
+            return
+        mailbox = room.mailboxes.setdefault(member.peer_id, deque(maxlen=MAILBOX_MAX_FRAMES))
+        # Unsent frames were published before anything in the mailbox.
+        mailbox.extendleft(reversed(unsent[-MAILBOX_MAX_FRAMES:]))
+        while len(mailbox) > MAILBOX_MAX_FRAMES:
+            mailbox.popleft()
+        room.owners[member.peer_id] = AWAY
+
+    async def resume(
+        self,
+        room_id: str,
+        peer_id: str,
+        user_id: str,
+        secret: str,
+        owner: str,
+        new_secret: str,
+        *,
+        force: bool = False,
+    ) -> Resumed:
+        room = self._rooms.get(room_id)
+        member = room.members.get(peer_id) if room is not None else None
+        if room is None or member is None or room.secrets.get(peer_id) != secret_digest(secret):
+            raise ResumeRefused(peer_id)
+        if member.user_id != user_id:
+            raise ResumeRefused(peer_id)
+        current = room.owners[peer_id]
+        if current != AWAY and not force:
+            raise ResumeBusy(current)
+        room.owners[peer_id] = owner
+        room.secrets[peer_id] = secret_digest(new_secret)
+        expiry = room.expiries.pop(peer_id, None)
+        if expiry is not None:
+            expiry.cancel()
+        mailbox = list(room.mailboxes.pop(peer_id, ()))
+        return Resumed(self._participants(room), mailbox)
+
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
+        room = self._rooms.get(room_id)
         if envelope.to:
-            room = self._rooms.get(room_id)
-            if room is None or envelope.to not in room.members:
+            if room is None or envelope.to not in room.owners:
                 return False
+            if room.is_away(envelope.to):
+                room.mail(envelope.to, envelope.frame)
+                return True
+        elif room is not None:
+            envelope = self._mail_away(room, envelope)
         self._dispatch(room_id, envelope)
         # Yield like a network publish would: a sender whose frames are all
         # buffered must not starve the receivers' writer tasks.
         await asyncio.sleep(0)
         return True
 
-    async def set_media(self, room_id: str, peer_id: str, media: bytes, envelope: Envelope) -> None:
+    @staticmethod
+    def _mail_away(room: _Room, envelope: Envelope) -> Envelope:
+        away = [p for p in room.owners if room.is_away(p) and p != envelope.exclude]
+        for peer_id in away:
+            room.mail(peer_id, envelope.frame)
+        if not away:
+            return envelope
+        return Envelope("", ",".join([envelope.exclude, *away]), envelope.frame)
+
+    async def set_media(self, room_id: str, sender: str, media: bytes, frame: str) -> None:
         room = self._rooms.get(room_id)
-        if room is not None and peer_id in room.members:
-            room.media[peer_id] = orjson.loads(media)
-        self._dispatch(room_id, envelope)
+        if room is not None and sender in room.members:
+            room.media[sender] = orjson.loads(media)
+        await self.publish(room_id, Envelope("", sender, frame))
+
+    async def kick(self, room_id: str, peer_id: str) -> bool:
+        room = self._rooms.get(room_id)
+        member = room.members.get(peer_id) if room is not None else None
+        if room is None or member is None:
+            return False
+        if room.is_away(peer_id):
+            self._remove(room_id, room, member)
+        else:
+            self._dispatch(room_id, Envelope(peer_id, "", KICK))
+        return True
 
     async def participants(self, room_id: str) -> list[Participant]:
         room = self._rooms.get(room_id)
@@ -88,3 +218,12 @@ class MemoryBroker(Broker):
     @staticmethod
     def _participants(room: _Room) -> list[Participant]:
         return [m.participant(room.media.get(p)) for p, m in room.members.items()]
+
+    async def list_rooms(self, cursor: str, count: int) -> tuple[list[tuple[str, int]], str]:
+        # The cursor is an offset into the sorted room ids: stable enough for
+        # an operator paging through one process's rooms.
+        start = int(cursor)
+        names = sorted(room_id for room_id, room in self._rooms.items() if room.members)
+        page = [(name, len(self._rooms[name].members)) for name in names[start : start + count]]
+        end = start + count
+        return page, str(end) if end < len(names) else "0"

@@ -1,14 +1,67 @@
 """Lua scripts that keep each room operation atomic and one round trip.
 
-Every key a script touches is named in KEYS and carries the room's hash tag,
-so the scripts run unchanged on a Redis Cluster shard. ARGV[1] is always the
-publish command (``PUBLISH``, or ``SPUBLISH`` for sharded Pub/Sub).
+Every key a script touches carries the room's hash tag, so the scripts run
+unchanged on a Redis Cluster shard. ARGV[1] is always the publish command
+(``PUBLISH``, or ``SPUBLISH`` for sharded Pub/Sub).
+
+A peer's entry in ``owners`` is the id of the session serving it, or one of
+two markers while it has no connection (see docs/reliability.md):
+
+- ``~flushing``: its connection ended; the old session is still moving the
+  frames it had not sent into the mailbox. Resuming waits for it.
+- ``~away``: waiting to resume; messages to it are appended to its mailbox.
+
+Room keys, in the order the scripts take them (``room_keys``)::
+
+    KEYS[1] members  hash peer -> member JSON
+    KEYS[2] owners   hash peer -> session id | ~flushing | ~away
+    KEYS[3] media    hash peer -> last media-state JSON
+    KEYS[4] resume   hash peer -> sha256 of its current resume secret
+    KEYS[5] away     zset peer -> resume deadline (ms, Redis clock)
+    KEYS[6] channel  the room's Pub/Sub channel
+
+A mailbox is the list ``<mailbox prefix><peer>`` in the same hash slot.
 """
 
 from __future__ import annotations
 
-# KEYS: members, owners, media, channel
-# ARGV: publish, peer_id, member_json, instance_id, capacity, envelope
+# Shared helpers, prepended to the scripts that need them.
+_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function mail(key, frame, ttl_ms, max_len)
+  redis.call('RPUSH', key, frame)
+  redis.call('LTRIM', key, -max_len, -1)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+local function forget(peer, mailbox)
+  redis.call('HDEL', KEYS[1], peer)
+  redis.call('HDEL', KEYS[2], peer)
+  redis.call('HDEL', KEYS[3], peer)
+  redis.call('HDEL', KEYS[4], peer)
+  redis.call('ZREM', KEYS[5], peer)
+  redis.call('DEL', mailbox)
+end
+-- Publish a frame for the whole room but its sender: peers without a
+-- connection get it in their mailbox instead, and are excluded from the live
+-- delivery so that nobody receives it twice.
+local function broadcast(publish, sender, frame, prefix, ttl_ms, max_len)
+  local exclude = sender
+  if redis.call('ZCARD', KEYS[5]) > 0 then
+    for _, peer in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+      if peer ~= sender then
+        mail(prefix .. peer, frame, ttl_ms, max_len)
+        exclude = exclude .. ',' .. peer
+      end
+    end
+  end
+  return redis.call(publish, KEYS[6], '\\n' .. exclude .. '\\n' .. frame)
+end
+"""
+
+# ARGV: publish, peer, member_json, owner, capacity, resume_hash, envelope
 # -> false when full, else {members (flat), media (flat)} from before the join
 JOIN = """
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return false end
@@ -16,51 +69,182 @@ local members = redis.call('HGETALL', KEYS[1])
 local media = redis.call('HGETALL', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-redis.call(ARGV[1], KEYS[4], ARGV[6])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
+redis.call(ARGV[1], KEYS[6], ARGV[7])
 return {members, media}
 """
 
-# KEYS: members, owners, media, channel
-# ARGV: publish, peer_id, instance_id, envelope
-# Removes the peer only while ``instance_id`` still owns it, so a late
-# cleanup (or a reaper) never removes a peer that moved elsewhere.
-LEAVE = """
-if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-redis.call(ARGV[1], KEYS[4], ARGV[4])
+# Re-add a live local peer after Redis lost it (restart, or reaped while the
+# instance could not heartbeat). ARGV as JOIN, without capacity.
+# -> 1 re-added and announced, 0 already there
+REREGISTER = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
+redis.call(ARGV[1], KEYS[6], ARGV[7])
 return 1
 """
 
-# KEYS: members, channel
-# ARGV: publish, to, envelope  -> -1 when ``to`` is not a member
-RELAY_TO = """
-if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return -1 end
-return redis.call(ARGV[1], KEYS[2], ARGV[3])
+# ARGV: publish, peer, owner ('*' for any), user-left envelope, mailbox key
+# Removes the peer only while ``owner`` still serves it, so a late cleanup or
+# a reaper never removes a peer that moved to another session.
+LEAVE = (
+    _LIB
+    + """
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if not owner then return 0 end
+if ARGV[3] ~= '*' and owner ~= ARGV[3] then return 0 end
+forget(ARGV[2], ARGV[5])
+redis.call(ARGV[1], KEYS[6], ARGV[4])
+return 1
+"""
+)
+
+# The session ``owner`` lost its connection: keep the peer for resume.
+# ARGV: publish, peer, owner, resume_ttl_ms, barrier envelope
+# -> the resume deadline (ms), or 0 when ``owner`` no longer serves the peer.
+# The barrier, published last, tells the old session when every frame
+# published before this point has reached it.
+AWAY = (
+    _LIB
+    + """
+if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+local deadline = now_ms() + tonumber(ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[2], '~flushing')
+redis.call('ZADD', KEYS[5], deadline, ARGV[2])
+redis.call(ARGV[1], KEYS[6], ARGV[5])
+return deadline
+"""
+)
+
+# The old session hands over the frames it never sent, ahead of what has
+# reached the mailbox since, and the peer becomes resumable.
+# KEYS: owners, mailbox; ARGV: peer, ttl_ms, max_len, frames...
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= '~flushing' then return 0 end
+for i = #ARGV, 4, -1 do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], '~away')
+return 1
 """
 
-# KEYS: members, media, channel
-# ARGV: publish, peer_id, media_json, envelope
-SET_MEDIA = """
-if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-end
-return redis.call(ARGV[1], KEYS[3], ARGV[4])
+# ARGV: publish, peer, user, resume_hash, new_owner, new_resume_hash, force, mailbox key
+# -> {-1} unknown peer or wrong secret, {-2} another user's, {-3, owner} busy
+#    (still served or flushing; retry, or force), or
+#    {1, members (flat), media (flat), mailbox frames, previous owner}
+RESUME = """
+local member = redis.call('HGET', KEYS[1], ARGV[2])
+if not member or redis.call('HGET', KEYS[4], ARGV[2]) ~= ARGV[4] then return {-1} end
+if cjson.decode(member)['user_id'] ~= ARGV[3] then return {-2} end
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if owner ~= '~away' and ARGV[7] ~= '1' then return {-3, owner} end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
+redis.call('ZREM', KEYS[5], ARGV[2])
+local mailbox = redis.call('LRANGE', ARGV[8], 0, -1)
+redis.call('DEL', ARGV[8])
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), mailbox, owner}
 """
+
+# ARGV: publish, to, sender, frame, mailbox prefix, ttl_ms, max_len
+# -> -1 when ``to`` is not in the room, 0 when mailed, else PUBLISH's count
+RELAY_TO = (
+    _LIB
+    + """
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if not owner then return -1 end
+if string.sub(owner, 1, 1) == '~' then
+  mail(ARGV[5] .. ARGV[2], ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]))
+  return 0
+end
+return redis.call(ARGV[1], KEYS[6], ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4])
+"""
+)
+
+# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len
+BROADCAST = (
+    _LIB
+    + """
+return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+"""
+)
+
+# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len, media_json
+SET_MEDIA = (
+    _LIB
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[7])
+end
+return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+"""
+)
+
+# ARGV: publish, peer, user-left envelope, kick envelope, mailbox key
+# A connected peer is told to close (its session then leaves); a peer
+# waiting to resume is removed at once.
+KICK = (
+    _LIB
+    + """
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if not owner then return 0 end
+if string.sub(owner, 1, 1) == '~' then
+  forget(ARGV[2], ARGV[5])
+  redis.call(ARGV[1], KEYS[6], ARGV[3])
+else
+  redis.call(ARGV[1], KEYS[6], ARGV[4])
+end
+return 1
+"""
+)
+
+# ARGV: publish, peer, user-left envelope, mailbox key
+# -> 1 when the peer's resume deadline had passed and it was removed
+EXPIRE_AWAY = (
+    _LIB
+    + """
+local deadline = redis.call('ZSCORE', KEYS[5], ARGV[2])
+if not deadline or tonumber(deadline) > now_ms() then return 0 end
+forget(ARGV[2], ARGV[4])
+redis.call(ARGV[1], KEYS[6], ARGV[3])
+return 1
+"""
+)
 
 # KEYS: members, media  -> {members (flat), media (flat)}
 PARTICIPANTS = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """
 
-# KEYS: instances
-# ARGV: instance_id, presence_ttl_ms
+# KEYS: instances; ARGV: instance id, presence_ttl_ms
 # Scores come from the Redis clock, so instance clocks may disagree.
 # -> ids of instances whose last heartbeat is older than the TTL
-HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+HEARTBEAT = (
+    _LIB
+    + """
+local now = now_ms()
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 """
+)
+
+# KEYS: the away index; ARGV: limit -> entries whose resume deadline passed
+DUE_AWAY = (
+    _LIB
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+)
+
+# KEYS: the away index; ARGV: entry -> removes it only if it is still due
+# (a peer that went away again since has a later deadline and stays).
+DROP_DUE = (
+    _LIB
+    + """
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if deadline and tonumber(deadline) <= now_ms() then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
+"""
+)
