@@ -18,11 +18,13 @@ TEST_SECRET = "test-secret-that-is-long-enough-for-hs256!"
 BIN_DIR = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port < below:
+            return port
 
 
 def _wait_until(check: object, timeout: float, what: str) -> None:
@@ -37,7 +39,7 @@ def _wait_until(check: object, timeout: float, what: str) -> None:
 class RedisServer:
     """A redis-server of the suite's own on a free port (killable, restartable)."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -45,7 +47,7 @@ class RedisServer:
                 "Install it: apt-get install -y redis-server"
             )
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="sbd-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -94,8 +96,14 @@ class RedisServer:
 class SbdServer:
     """One `sbd serve` process, started the way users start it."""
 
-    def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
+        self.args = args  # more `sbd serve` options, e.g. ("--workers", "2")
         # Only what the test asks for: never the developer's own SBD_* settings.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SBD_")}
         self.env = {
@@ -120,7 +128,15 @@ class SbdServer:
     def start(self, wait_ready: bool = True) -> SbdServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN_DIR / "sbd"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    str(BIN_DIR / "sbd"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -153,3 +169,51 @@ class SbdServer:
         code = self.process.returncode
         self.process = None
         return code
+
+
+class RedisClusterServers:
+    """A real 3-master Redis Cluster of redis-server processes on free ports."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{i}.conf",
+                "--cluster-node-timeout", "2000",
+                # The cluster bus listens on port + 10000.
+                port=free_port(below=55536),
+            )
+            for i in range(masters)
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH: apt-get install -y redis-tools")
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        _wait_until(self._healthy, 30, "Redis Cluster state ok")
+        return self
+
+    def _healthy(self) -> bool:
+        for node in self.nodes:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            if "cluster_state:ok" not in out:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -32,14 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -62,18 +59,28 @@ from second_brain_database.webrtc.broker.base import (
     RoomFull,
     secret_digest,
 )
+from second_brain_database.webrtc.broker.redis_listener import PubSubListener
 from second_brain_database.webrtc.schemas import Participant
 
 logger = logging.getLogger(__name__)
 
 INSTANCES_KEY = "sbd:instances"
 AWAY_INDEX_KEY = "sbd:away"
-_RECONNECT_MAX_DELAY_S = 2.0
-_WATCHDOG_INTERVAL_S = 1.0
-_WATCHDOG_SILENCE_S = 3.0
 _EXPIRY_INTERVAL_S = 0.25
 # Mailboxes outlive the resume window a little, for a resume in its last instant.
 _MAILBOX_SLACK_MS = 5_000
+
+
+def _client(kind: type[Redis] | type[RedisCluster], url: str) -> Any:
+    # One quick retry: after a Redis restart, pooled connections are stale
+    # and the first command on each fails before reaching the server.
+    return kind.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[RedisConnectionError],
+    )
 
 
 def room_keys(room_id: str) -> list[str]:
@@ -101,33 +108,24 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__(resume_ttl=resume_ttl)
         self.instance_id = instance_id
+        self._url = url
         self._presence_ttl = presence_ttl
-        # One quick retry: after a Redis restart, pooled connections are stale
-        # and the first command on each fails before reaching the server.
-        self._redis: Redis = Redis.from_url(
-            url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._redis: Redis | RedisCluster = _client(Redis, url)
         self._publish = "PUBLISH"
-        self._scripts: dict[str, AsyncScript] = {
-            name: self._redis.register_script(getattr(redis_scripts, name))
-            for name in (
-                "JOIN", "REREGISTER", "LEAVE", "AWAY", "RELEASE", "RESUME", "RELAY_TO",
-                "BROADCAST", "SET_MEDIA", "KICK", "EXPIRE_AWAY", "PARTICIPANTS", "HEARTBEAT",
-                "DUE_AWAY", "DROP_DUE",
-            )
-        }  # fmt: skip
+        self._scripts = self._register_scripts()
         self._mailbox_ttl_ms = int(resume_ttl * 1000) + _MAILBOX_SLACK_MS
         self._local_sessions: dict[str, int] = defaultdict(int)
-        self._pending_subscribes: dict[bytes, deque[asyncio.Future[None]]] = defaultdict(deque)
-        self._listener: Connection | None = None
-        self._listening = asyncio.Event()
-        self._last_heard = 0.0
+        self._listeners: dict[str, PubSubListener] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.reconnects = 0
+        self.cluster = False
+
+    def _register_scripts(self) -> dict[str, AsyncScript]:
+        names = (
+            "JOIN", "REREGISTER", "LEAVE", "AWAY", "RELEASE", "RESUME", "RELAY_TO", "BROADCAST",
+            "SET_MEDIA", "KICK", "EXPIRE_AWAY", "PARTICIPANTS", "HEARTBEAT", "DUE_AWAY",
+            "DROP_DUE",
+        )  # fmt: skip
+        return {n: self._redis.register_script(getattr(redis_scripts, n)) for n in names}
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -135,15 +133,41 @@ class RedisBroker(Broker):
         except RedisError as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
+    @property
+    def reconnects(self) -> int:
+        return sum(listener.reconnects for listener in self._listeners.values())
+
     # --- lifecycle ------------------------------------------------------
 
     async def connect(self) -> None:
+        if await self._is_cluster():
+            # Sharded Pub/Sub: a room's messages stay on the shard that owns
+            # its hash slot instead of being copied to every node.
+            await self._redis.aclose()
+            self._redis = _client(RedisCluster, self._url)
+            await self._redis.initialize()
+            self._scripts = self._register_scripts()
+            self._publish = "SPUBLISH"
+            self.cluster = True
         self._tasks = [
-            asyncio.create_task(self._listen_forever(), name="sbd-redis-listener"),
-            asyncio.create_task(self._watchdog_forever(), name="sbd-redis-watchdog"),
             asyncio.create_task(self._heartbeat_forever(), name="sbd-redis-heartbeat"),
             asyncio.create_task(self._expire_forever(), name="sbd-redis-expirer"),
         ]
+        if not self.cluster:
+            self._listener_for(b"")
+
+    async def _is_cluster(self) -> bool:
+        for attempt in range(20):
+            try:
+                info = await self._redis.info("cluster")
+                return bool(info.get("cluster_enabled"))
+            except (RedisError, OSError) as exc:
+                if attempt == 19:
+                    raise BrokerUnavailable(
+                        f"Redis at SBD_REDIS_URL is unreachable: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.5)
+        return False
 
     async def disconnect(self) -> None:
         for task in self._tasks:
@@ -151,12 +175,14 @@ class RedisBroker(Broker):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for listener in self._listeners.values():
+            await listener.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(INSTANCES_KEY, self.instance_id)
         await self._redis.aclose()
 
     async def ready(self) -> bool:
-        if not self._listening.is_set():
+        if not all(listener.listening.is_set() for listener in self._listeners.values()):
             return False
         try:
             return bool(await self._redis.ping())
@@ -165,79 +191,62 @@ class RedisBroker(Broker):
 
     # --- subscriptions --------------------------------------------------
 
+    def _listener_for(self, channel: bytes) -> PubSubListener:
+        """The Pub/Sub connection that carries ``channel``: the only one, or
+        the one to the shard that owns its slot."""
+        if isinstance(self._redis, RedisCluster):
+            node = self._redis.get_node_from_key(channel.decode())
+            if node is None:
+                raise BrokerUnavailable("no Redis Cluster node serves this room's slot")
+            name = node.name
+            kwargs = {**node.connection_kwargs, "host": node.host, "port": node.port}
+        else:
+            name = "redis"
+            kwargs = self._redis.connection_pool.connection_kwargs
+        listener = self._listeners.get(name)
+        if listener is None:
+            listener = PubSubListener(
+                name,
+                kwargs,
+                sharded=self.cluster,
+                on_message=self._on_message,
+                on_connected=self._on_listener_connected,
+            )
+            self._listeners[name] = listener
+            listener.start()
+        return listener
+
     async def subscribe(self, room_id: str) -> None:
         self._local_sessions[room_id] += 1
         if self._local_sessions[room_id] > 1:
             return
         channel = room_keys(room_id)[5].encode()
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_subscribes[channel].append(confirmed)
         try:
-            await self._send_to_listener("SUBSCRIBE", channel)
-            await asyncio.wait_for(confirmed, timeout=5)
-        except (RedisError, OSError, TimeoutError, BrokerUnavailable) as exc:
+            await self._listener_for(channel).subscribe(channel)
+        except BrokerUnavailable:
             await self.unsubscribe(room_id)
-            raise BrokerUnavailable(str(exc)) from exc
+            raise
 
     async def unsubscribe(self, room_id: str) -> None:
         self._local_sessions[room_id] -= 1
         if self._local_sessions[room_id] > 0:
             return
         del self._local_sessions[room_id]
-        with contextlib.suppress(RedisError, OSError, BrokerUnavailable):
-            await self._send_to_listener("UNSUBSCRIBE", room_keys(room_id)[5])
+        channel = room_keys(room_id)[5].encode()
+        await self._listener_for(channel).unsubscribe(channel)
 
-    async def _send_to_listener(self, *args: Any) -> None:
-        listener = self._listener
-        if listener is None or not self._listening.is_set():
-            raise BrokerUnavailable("Redis Pub/Sub is not connected")
-        await listener.send_command(*args, check_health=False)
-
-    async def _listen_forever(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self._listen_once()
-            except (RedisError, OSError) as exc:
-                logger.warning("Redis Pub/Sub connection lost (%s); reconnecting", exc)
-            except Exception:
-                # A bug must not leave the instance deaf: log it and reconnect.
-                logger.exception("Redis Pub/Sub listener failed; reconnecting")
-            self._listening.clear()
-            self.reconnects += 1
-            for waiters in self._pending_subscribes.values():
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(BrokerUnavailable("Redis Pub/Sub reconnecting"))
-            self._pending_subscribes.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_DELAY_S)
-            if self._listening.is_set():
-                delay = 0.05
-
-    async def _listen_once(self) -> None:
-        # RESP2: Pub/Sub replies arrive as plain arrays from read_response(),
-        # where RESP3 would route them to push handlers.
-        kwargs = {**self._redis.connection_pool.connection_kwargs, "protocol": 2}
-        listener = Connection(**kwargs)
-        self._listener = listener
+    def _on_message(self, channel: bytes, data: bytes) -> None:
         try:
-            await listener.connect()  # type: ignore[no-untyped-call]
-            channels = [room_keys(room)[5] for room in self._local_sessions]
-            if channels:
-                await listener.send_command("SUBSCRIBE", *channels, check_health=False)
-            self._last_heard = time.monotonic()
-            self._listening.set()
-            logger.info("Redis Pub/Sub listening (%d rooms)", len(channels))
-            if self._resync is not None:
-                asyncio.create_task(self._resync_safely(), name="sbd-resync")  # noqa: RUF006
-            while True:
-                response = await listener.read_response(timeout=math.inf)
-                self._last_heard = time.monotonic()
-                self._on_pubsub(response)
-        finally:
-            self._listener = None
-            await listener.disconnect()
+            envelope = Envelope.unpack(data)
+        except ValueError:
+            logger.error("dropped a malformed envelope on %r", channel)
+            return
+        self._dispatch(_room_of_channel(channel), envelope)
+
+    def _on_listener_connected(self) -> None:
+        # Redis may have restarted empty: put this instance's live peers back.
+        if self._resync is not None:
+            asyncio.create_task(self._resync_safely(), name="sbd-resync")  # noqa: RUF006
 
     async def _resync_safely(self) -> None:
         assert self._resync is not None
@@ -248,38 +257,6 @@ class RedisBroker(Broker):
             except (BrokerUnavailable, RedisError, OSError) as exc:
                 logger.warning("re-registering local peers failed (%s); retrying", exc)
                 await asyncio.sleep(0.2 * (attempt + 1))
-
-    async def _watchdog_forever(self) -> None:
-        """Ping the listener; a listener that stops answering is replaced."""
-        while True:
-            await asyncio.sleep(_WATCHDOG_INTERVAL_S)
-            listener = self._listener
-            if listener is None or not self._listening.is_set():
-                continue
-            if time.monotonic() - self._last_heard > _WATCHDOG_SILENCE_S:
-                logger.warning("Redis Pub/Sub listener went silent; reconnecting")
-                await listener.disconnect()
-                continue
-            with contextlib.suppress(RedisError, OSError):
-                await listener.send_command("PING", check_health=False)
-
-    def _on_pubsub(self, response: list[Any]) -> None:
-        kind = response[0]
-        if kind in (b"message", b"smessage"):
-            try:
-                envelope = Envelope.unpack(response[2])
-            except ValueError:
-                logger.error("dropped a malformed envelope on %r", response[1])
-                return
-            self._dispatch(_room_of_channel(response[1]), envelope)
-        elif kind in (b"subscribe", b"ssubscribe"):
-            waiters = self._pending_subscribes.get(response[1])
-            if waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                if not waiters:
-                    del self._pending_subscribes[response[1]]
 
     # --- room state -----------------------------------------------------
 
