@@ -67,6 +67,8 @@ BARRIER_TIMEOUT_S = 2.0
 # Consecutive frames refused by the rate limit before the connection is closed.
 RATE_LIMIT_STRIKES = 20
 UNAVAILABLE = "not delivered: the signaling backend is unavailable, retry shortly"
+INTERNAL = "the server could not process this message"
+TOO_DEEP = "payload is nested too deeply"
 BINARY_REFUSED = "binary frames are not accepted; send JSON in text frames"
 TARGETABLE = (OfferMessage, AnswerMessage, IceCandidateMessage, AppMessage)
 # Endings after which the peer is gone for good; any other ending is resumable.
@@ -443,6 +445,13 @@ class ConnectionManager:
                     # reconnects on its own and the client may retry.
                     metrics.BROKER_ERRORS.inc()
                     raise ProtocolError(ErrorCode.UNAVAILABLE, UNAVAILABLE, message.id) from None
+                except (ProtocolError, SessionEnded, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    # A bug must cost one message, not the session: log it,
+                    # answer without the trace, carry on.
+                    logger.exception("failed to handle a %s message", message.type.value)
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, INTERNAL, message.id) from None
             except ProtocolError as error:
                 self._send_error(session, error)
 
@@ -457,7 +466,10 @@ class ConnectionManager:
                 raise ProtocolError(
                     ErrorCode.INVALID_MESSAGE, "cannot send to yourself", message.id
                 )
-            envelope = frames.relayed(message.type, session.member, to, payload)
+            try:
+                envelope = frames.relayed(message.type, session.member, to, payload)
+            except orjson.JSONEncodeError:  # nested deeper than the encoder allows
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, message.id) from None
             if not await self.broker.publish(session.room_id, envelope):
                 raise ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {to} in the room", message.id)
         elif isinstance(message, MediaStateMessage):
