@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-test
+.PHONY: serve test lint typecheck pytest setup setup-test system-deps
 
 $(BIN)/sbd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(VENV)/.test-deps: $(BIN)/sbd
 setup: $(BIN)/sbd
 setup-test: $(VENV)/.test-deps
 
+system-deps:
+	./scripts/system-deps.sh
+
 # A .env with a random signing key, so `sbd token` and the server agree.
 .env:
 	@echo "SBD_JWT_SECRET=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > .env
@@ -31,14 +34,17 @@ setup-test: $(VENV)/.test-deps
 serve: setup .env
 	$(BIN)/sbd serve --host $(HOST) --port $(PORT)
 
+# pip-audit: known vulnerabilities (PyPI's advisory data) in every installed
+# package; the project itself is editable, not on PyPI, so it is skipped.
 lint: setup-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 typecheck: setup-test
 	$(BIN)/mypy
 
-pytest: setup-test
+pytest: setup-test system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
