@@ -31,6 +31,7 @@ from second_brain_database.webrtc.broker import (
     Broker,
     BrokerUnavailable,
     Envelope,
+    JoinRefused,
     Member,
     ResumeBusy,
     Resumed,
@@ -304,6 +305,9 @@ class ConnectionManager:
             await self._serve(session, old_secret if resume_token is not None else None)
         except RoomFull:
             session.finish(CloseCode.ROOM_FULL, "room is full")
+        except JoinRefused as refused:
+            metrics.AUTH_FAILURES.labels(reason=refused.reason).inc()
+            session.finish(CloseCode.UNAUTHORIZED, refused.reason)
         except ResumeRefused:
             metrics.AUTH_FAILURES.labels(reason="bad resume token").inc()
             session.finish(CloseCode.UNAUTHORIZED, "invalid resume token")
@@ -340,6 +344,7 @@ class ConnectionManager:
                     session.owner,
                     self.settings.max_peers_per_room,
                     session.resume_secret,
+                    privileged=session.principal.role == "admin",
                 )
                 mailbox: list[str] = []
             else:

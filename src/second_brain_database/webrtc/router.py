@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, WebSocket
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Response, WebSocket, status
+from pydantic import BaseModel, Field
 
 from second_brain_database.auth.tokens import Principal
 from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import metrics
+from second_brain_database.webrtc.broker import BrokerUnavailable, PolicyForbidden, RoomPolicy
 from second_brain_database.webrtc.dependencies import (
     CurrentUser,
     Service,
@@ -22,6 +25,16 @@ from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuratio
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["webrtc"])
+
+
+@asynccontextmanager
+async def backend_errors_as_503() -> AsyncIterator[None]:
+    try:
+        yield
+    except BrokerUnavailable:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "signaling backend unavailable, retry"
+        ) from None
 
 
 class ParticipantsResponse(BaseModel):
@@ -69,6 +82,69 @@ async def room_participants(
     _user: Annotated[Principal, Depends(require_room_access)],
 ) -> ParticipantsResponse:
     """Who is in the room now; an unknown room is an empty list."""
-    return ParticipantsResponse(
-        room_id=room_id, participants=await service.broker.participants(room_id)
+    async with backend_errors_as_503():
+        participants = await service.broker.participants(room_id)
+    return ParticipantsResponse(room_id=room_id, participants=participants)
+
+
+class RoomPolicyUpdate(BaseModel):
+    """What a host sets: a guest list (None: anyone with a token for the room)
+    and whether the room is locked against new peers."""
+
+    invited_users: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=1000
     )
+    locked: bool = False
+
+
+class RoomPolicyResponse(BaseModel):
+    room_id: str
+    owner: str | None
+    locked: bool
+    invited_users: list[str] | None
+
+
+def _policy_response(room_id: str, policy: RoomPolicy) -> RoomPolicyResponse:
+    invited = list(policy.invited) if policy.invited is not None else None
+    return RoomPolicyResponse(
+        room_id=room_id, owner=policy.owner, locked=policy.locked, invited_users=invited
+    )
+
+
+@router.put("/api/v1/webrtc/rooms/{room_id}/policy", response_model=RoomPolicyResponse)
+async def set_room_policy(
+    room_id: str,
+    update: RoomPolicyUpdate,
+    service: Service,
+    user: Annotated[Principal, Depends(require_room_access)],
+) -> RoomPolicyResponse:
+    """Restrict a room to a guest list, or lock it (hosts and admins only).
+
+    The first host to set a policy owns it; the owner and admins pass their
+    own locks and lists. Peers already in the room stay."""
+    if not user.is_host:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only a host may restrict a room")
+    try:
+        async with backend_errors_as_503():
+            policy = await service.broker.set_policy(
+                room_id,
+                user.user_id,
+                locked=update.locked,
+                invited=update.invited_users,
+                privileged=user.role == "admin",
+            )
+    except PolicyForbidden:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "another host owns this room") from None
+    logger.info("room policy set", extra={"room_id": room_id, "locked": policy.locked})
+    return _policy_response(room_id, policy)
+
+
+@router.get("/api/v1/webrtc/rooms/{room_id}/policy", response_model=RoomPolicyResponse)
+async def get_room_policy(
+    room_id: str,
+    service: Service,
+    _user: Annotated[Principal, Depends(require_room_access)],
+) -> RoomPolicyResponse:
+    async with backend_errors_as_503():
+        policy = await service.broker.get_policy(room_id)
+    return _policy_response(room_id, policy)

@@ -12,11 +12,14 @@ from second_brain_database.webrtc.broker.base import (
     Broker,
     BrokerUnavailable,
     Envelope,
+    JoinRefused,
     Member,
+    PolicyForbidden,
     ResumeBusy,
     Resumed,
     ResumeRefused,
     RoomFull,
+    RoomPolicy,
 )
 from second_brain_database.webrtc.broker.memory import MemoryBroker
 from second_brain_database.webrtc.broker.redis import RedisBroker
@@ -25,13 +28,16 @@ __all__ = [
     "Broker",
     "BrokerUnavailable",
     "Envelope",
+    "JoinRefused",
     "Member",
     "MemoryBroker",
+    "PolicyForbidden",
     "RedisBroker",
     "ResumeBusy",
     "ResumeRefused",
     "Resumed",
     "RoomFull",
+    "RoomPolicy",
     "create_broker",
 ]
 

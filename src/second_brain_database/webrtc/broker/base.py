@@ -30,6 +30,33 @@ class RoomFull(Exception):
     """The room already holds its maximum number of peers."""
 
 
+class JoinRefused(Exception):
+    """The room's policy keeps this user out (locked, or not invited)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PolicyForbidden(Exception):
+    """Another host owns the room's policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPolicy:
+    """Who may join a room. ``owner`` is the host who first restricted it;
+    ``invited`` None means anyone (with a token for the room) may join."""
+
+    owner: str | None = None
+    locked: bool = False
+    invited: tuple[str, ...] | None = None
+
+
+POLICY_TTL_S = 86_400
+LOCKED = "room is locked"
+NOT_INVITED = "not invited to this room"
+
+
 class BrokerUnavailable(Exception):
     """The shared backend cannot be reached right now."""
 
@@ -165,11 +192,36 @@ class Broker(ABC):
 
     @abstractmethod
     async def join(
-        self, room_id: str, member: Member, owner: str, capacity: int, resume_secret: str
+        self,
+        room_id: str,
+        member: Member,
+        owner: str,
+        capacity: int,
+        resume_secret: str,
+        *,
+        privileged: bool = False,
     ) -> list[Participant]:
         """Add ``member``, served by session ``owner``, unless the room is full
-        (:class:`RoomFull`); announce it with ``user-joined``; return the
-        participants that were already there."""
+        (:class:`RoomFull`) or its policy refuses the user (:class:`JoinRefused`;
+        ``privileged`` admins pass); announce it with ``user-joined``; return
+        the participants that were already there."""
+
+    @abstractmethod
+    async def set_policy(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        locked: bool,
+        invited: list[str] | None,
+        privileged: bool = False,
+    ) -> RoomPolicy:
+        """Restrict or lock the room. The first host to do so owns its policy;
+        anyone else but an admin (``privileged``) gets :class:`PolicyForbidden`.
+        Policies expire POLICY_TTL_S after their last change."""
+
+    @abstractmethod
+    async def get_policy(self, room_id: str) -> RoomPolicy: ...
 
     @abstractmethod
     async def reregister(

@@ -9,6 +9,7 @@ the same contract tests against both.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 import orjson
@@ -17,14 +18,20 @@ from second_brain_database.webrtc import frames
 from second_brain_database.webrtc.broker.base import (
     BARRIER,
     KICK,
+    LOCKED,
     MAILBOX_MAX_FRAMES,
+    NOT_INVITED,
+    POLICY_TTL_S,
     Broker,
     Envelope,
+    JoinRefused,
     Member,
+    PolicyForbidden,
     ResumeBusy,
     Resumed,
     ResumeRefused,
     RoomFull,
+    RoomPolicy,
     secret_digest,
 )
 from second_brain_database.webrtc.schemas import Participant
@@ -62,6 +69,7 @@ class MemoryBroker(Broker):
     def __init__(self, *, resume_ttl: float) -> None:
         super().__init__(resume_ttl=resume_ttl)
         self._rooms: dict[str, _Room] = {}
+        self._policies: dict[str, tuple[RoomPolicy, float]] = {}
 
     async def connect(self) -> None:
         return None
@@ -83,11 +91,24 @@ class MemoryBroker(Broker):
         return None
 
     async def join(
-        self, room_id: str, member: Member, owner: str, capacity: int, resume_secret: str
+        self,
+        room_id: str,
+        member: Member,
+        owner: str,
+        capacity: int,
+        resume_secret: str,
+        *,
+        privileged: bool = False,
     ) -> list[Participant]:
         room = self._rooms.setdefault(room_id, _Room())
         if len(room.members) >= capacity:
             raise RoomFull(room_id)
+        policy = self._policy(room_id)
+        if not privileged and policy.owner != member.user_id:
+            if policy.locked:
+                raise JoinRefused(LOCKED)
+            if policy.invited is not None and member.user_id not in policy.invited:
+                raise JoinRefused(NOT_INVITED)
         present = self._participants(room)
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
@@ -210,6 +231,37 @@ class MemoryBroker(Broker):
         else:
             self._dispatch(room_id, Envelope(peer_id, "", KICK))
         return True
+
+    def _policy(self, room_id: str) -> RoomPolicy:
+        policy, expires = self._policies.get(room_id, (RoomPolicy(), 0.0))
+        if expires and expires < time.monotonic():
+            del self._policies[room_id]
+            return RoomPolicy()
+        return policy
+
+    async def set_policy(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        locked: bool,
+        invited: list[str] | None,
+        privileged: bool = False,
+    ) -> RoomPolicy:
+        current = self._policy(room_id)
+        if current.owner not in (None, user_id) and not privileged:
+            raise PolicyForbidden(current.owner)
+        owner = current.owner or user_id
+        policy = RoomPolicy(
+            owner=owner,
+            locked=locked,
+            invited=None if invited is None else tuple(sorted({owner, *invited})),
+        )
+        self._policies[room_id] = (policy, time.monotonic() + POLICY_TTL_S)
+        return policy
+
+    async def get_policy(self, room_id: str) -> RoomPolicy:
+        return self._policy(room_id)
 
     async def participants(self, room_id: str) -> list[Participant]:
         room = self._rooms.get(room_id)

@@ -48,15 +48,21 @@ from second_brain_database.webrtc.broker import redis_scripts
 from second_brain_database.webrtc.broker.base import (
     BARRIER,
     KICK,
+    LOCKED,
     MAILBOX_MAX_FRAMES,
+    NOT_INVITED,
+    POLICY_TTL_S,
     Broker,
     BrokerUnavailable,
     Envelope,
+    JoinRefused,
     Member,
+    PolicyForbidden,
     ResumeBusy,
     Resumed,
     ResumeRefused,
     RoomFull,
+    RoomPolicy,
     secret_digest,
 )
 from second_brain_database.webrtc.broker.redis_listener import PubSubListener
@@ -83,10 +89,13 @@ def _client(kind: type[Redis] | type[RedisCluster], url: str) -> Any:
     )
 
 
+ROOM_KEY_NAMES = ("members", "owners", "media", "resume", "away", "ch", "policy", "invited")
+
+
 def room_keys(room_id: str) -> list[str]:
-    """members, owners, media, resume, away, channel: one hash slot per room."""
+    """The room's keys in the scripts' KEYS order; one hash slot per room."""
     prefix = f"sbd:room:{{{room_id}}}"
-    return [f"{prefix}:{name}" for name in ("members", "owners", "media", "resume", "away", "ch")]
+    return [f"{prefix}:{name}" for name in ROOM_KEY_NAMES]
 
 
 def mailbox_prefix(room_id: str) -> str:
@@ -123,7 +132,7 @@ class RedisBroker(Broker):
         names = (
             "JOIN", "REREGISTER", "LEAVE", "AWAY", "RELEASE", "RESUME", "RELAY_TO", "BROADCAST",
             "SET_MEDIA", "KICK", "EXPIRE_AWAY", "PARTICIPANTS", "HEARTBEAT", "DUE_AWAY",
-            "DROP_DUE",
+            "DROP_DUE", "SET_POLICY", "GET_POLICY",
         )  # fmt: skip
         return {n: self._redis.register_script(getattr(redis_scripts, n)) for n in names}
 
@@ -261,7 +270,14 @@ class RedisBroker(Broker):
     # --- room state -----------------------------------------------------
 
     async def join(
-        self, room_id: str, member: Member, owner: str, capacity: int, resume_secret: str
+        self,
+        room_id: str,
+        member: Member,
+        owner: str,
+        capacity: int,
+        resume_secret: str,
+        *,
+        privileged: bool = False,
     ) -> list[Participant]:
         entry = _instance_entry(room_id, member, owner)
         try:
@@ -279,13 +295,53 @@ class RedisBroker(Broker):
                 capacity,
                 secret_digest(resume_secret),
                 frames.user_joined(member).pack(),
+                member.user_id,
+                "1" if privileged else "0",
             ],
         )
-        if result is None:
+        if result[0] != 1:
             with contextlib.suppress(RedisError):
                 await self._redis.srem(instance_peers_key(self.instance_id), entry)
-            raise RoomFull(room_id)
-        return _participants(result[0], result[1])
+            if result[0] == -1:
+                raise RoomFull(room_id)
+            raise JoinRefused(LOCKED if result[0] == -2 else NOT_INVITED)
+        return _participants(result[1], result[2])
+
+    async def set_policy(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        locked: bool,
+        invited: list[str] | None,
+        privileged: bool = False,
+    ) -> RoomPolicy:
+        keys = room_keys(room_id)
+        result = await self._run(
+            "SET_POLICY",
+            keys[6:8],
+            [
+                user_id,
+                "1" if privileged else "0",
+                "1" if locked else "0",
+                POLICY_TTL_S,
+                "0" if invited is None else "1",
+                *(invited or []),
+            ],
+        )
+        if result[0] != 1:
+            raise PolicyForbidden(_text(result[1]))
+        return await self.get_policy(room_id)
+
+    async def get_policy(self, room_id: str) -> RoomPolicy:
+        owner, locked, invited = await self._run("GET_POLICY", room_keys(room_id)[6:8], [])
+        if owner is None:
+            return RoomPolicy()
+        return RoomPolicy(
+            owner=_text(owner),
+            locked=locked == b"1",
+            invited=tuple(sorted(_text(u) for u in invited)) if invited else None,
+        )
 
     async def reregister(
         self, room_id: str, member: Member, owner: str, resume_secret: str

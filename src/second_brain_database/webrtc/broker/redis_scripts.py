@@ -19,6 +19,8 @@ Room keys, in the order the scripts take them (``room_keys``)::
     KEYS[4] resume   hash peer -> sha256 of its current resume secret
     KEYS[5] away     zset peer -> resume deadline (ms, Redis clock)
     KEYS[6] channel  the room's Pub/Sub channel
+    KEYS[7] policy   hash owner -> host who restricted the room, locked -> 0|1
+    KEYS[8] invited  set  user ids allowed in a restricted room
 
 A mailbox is the list ``<mailbox prefix><peer>`` in the same hash slot.
 """
@@ -61,17 +63,51 @@ local function broadcast(publish, sender, frame, prefix, ttl_ms, max_len)
 end
 """
 
-# ARGV: publish, peer, member_json, owner, capacity, resume_hash, envelope
-# -> false when full, else {members (flat), media (flat)} from before the join
+# ARGV: publish, peer, member_json, owner, capacity, resume_hash, envelope,
+#       user id, privileged ('1': an admin, who passes locks and guest lists)
+# -> {-1} full, {-2} locked, {-3} not invited, or
+#    {1, members (flat), media (flat)} from before the join
 JOIN = """
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return false end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return {-1} end
+local host = redis.call('HGET', KEYS[7], 'owner')
+if ARGV[9] ~= '1' and host ~= ARGV[8] then
+  if redis.call('HGET', KEYS[7], 'locked') == '1' then return {-2} end
+  if redis.call('EXISTS', KEYS[8]) == 1 and redis.call('SISMEMBER', KEYS[8], ARGV[8]) == 0 then
+    return {-3}
+  end
+end
 local members = redis.call('HGETALL', KEYS[1])
 local media = redis.call('HGETALL', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
 redis.call(ARGV[1], KEYS[6], ARGV[7])
-return {members, media}
+return {1, members, media}
+"""
+
+# KEYS: policy, invited
+# ARGV: user, privileged, locked ('0'|'1'), ttl_s, restrict ('0'|'1'), invited users...
+# The first host to set a policy owns the room's policy; only that host or an
+# admin may change it. -> {-1, owner} refused, or {1, owner}
+SET_POLICY = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= ARGV[1] and ARGV[2] ~= '1' then return {-1, owner} end
+owner = owner or ARGV[1]
+redis.call('HSET', KEYS[1], 'owner', owner, 'locked', ARGV[3])
+redis.call('DEL', KEYS[2])
+if ARGV[5] == '1' then
+  redis.call('SADD', KEYS[2], owner)
+  for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {1, owner}
+"""
+
+# KEYS: policy, invited -> {owner or false, locked, invited users}
+GET_POLICY = """
+return {redis.call('HGET', KEYS[1], 'owner'), redis.call('HGET', KEYS[1], 'locked'),
+        redis.call('SMEMBERS', KEYS[2])}
 """
 
 # Re-add a live local peer after Redis lost it (restart, or reaped while the
