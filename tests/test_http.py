@@ -194,3 +194,23 @@ def test_module_runs_as_a_script() -> None:
         check=True,
     ).stdout
     assert "serve" in out and "token" in out and "users" in out
+
+
+async def test_a_connection_that_sends_nothing_useful_is_closed_idle(
+    sbd_factory: SbdFactory,
+) -> None:
+    server = sbd_factory({"SBD_IDLE_TIMEOUT": "1.5"})
+    talker = await Peer.join(server.ws_url, "idle", user="talker")
+    silent = await Peer.join(server.ws_url, "idle", user="silent")
+    await talker.expect("user-joined")
+    await silent.send("not a message")  # garbage does not count as activity
+    await silent.expect("error")
+    others = []
+    for _ in range(5):  # 2.5 s: pings keep the talker alive past the timeout
+        await talker.send({"type": "ping"})
+        while (message := await talker.recv())["type"] != "pong":
+            others.append(message)
+        await asyncio.sleep(0.5)
+    assert (await silent.expect_close())[0] == 4408
+    assert [m["type"] for m in others] == ["user-left"]
+    assert others[0]["payload"]["peer_id"] == silent.peer_id

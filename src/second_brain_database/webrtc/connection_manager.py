@@ -73,7 +73,9 @@ TOO_DEEP = "payload is nested too deeply"
 BINARY_REFUSED = "binary frames are not accepted; send JSON in text frames"
 TARGETABLE = (OfferMessage, AnswerMessage, IceCandidateMessage, AppMessage)
 # Endings after which the peer is gone for good; any other ending is resumable.
-FINAL_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED})
+FINAL_CLOSES = frozenset(
+    {CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED, CloseCode.IDLE}
+)
 # Close codes that count as themselves in metrics; a client's own code is "other".
 _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 
@@ -121,6 +123,9 @@ class Session:
         self._reader: asyncio.Task[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._idle_timeout = settings.idle_timeout
+        self._idle: asyncio.TimerHandle | None = None
+        self.last_message = time.monotonic()
 
     @property
     def peer_id(self) -> str:
@@ -162,6 +167,7 @@ class Session:
         self._reader = asyncio.current_task()
         self._writer = asyncio.create_task(self._write_forever(), name=f"sbd-writer-{self.peer_id}")
         self.schedule_expiry()
+        self._check_idle()
         if self.end is not None:
             raise self.end
 
@@ -171,6 +177,17 @@ class Session:
         delay = max(self.principal.expires_at - time.time(), 0.0)
         self._expiry = asyncio.get_running_loop().call_later(
             delay, self.abort, CloseCode.UNAUTHORIZED, "token expired"
+        )
+
+    def _check_idle(self) -> None:
+        # One timer per session, re-armed from the last message rather than
+        # reset on every frame.
+        silent_for = time.monotonic() - self.last_message
+        if silent_for >= self._idle_timeout:
+            self.abort(CloseCode.IDLE, "no message received for too long")
+            return
+        self._idle = asyncio.get_running_loop().call_later(
+            self._idle_timeout - silent_for, self._check_idle
         )
 
     def abort(self, code: int, reason: str) -> None:
@@ -200,8 +217,9 @@ class Session:
     async def stop_writing(self) -> None:
         """Stop delivering; what is left is kept for :meth:`unsent`."""
         self._live = False
-        if self._expiry is not None:
-            self._expiry.cancel()
+        for timer in (self._expiry, self._idle):
+            if timer is not None:
+                timer.cancel()
         if self._writer is None:
             return
         if self.end is not None and self.end.code == CloseCode.NORMAL:
@@ -443,6 +461,7 @@ class ConnectionManager:
                 continue
             try:
                 message = parse_client_frame(text)
+                session.last_message = time.monotonic()  # only valid messages count
                 try:
                     await self._handle(session, message)
                 except BrokerUnavailable:

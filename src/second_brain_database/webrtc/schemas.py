@@ -87,6 +87,7 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4029
     INVALID_ROOM = 4400
     SESSION_REPLACED = 4409
+    IDLE = 4408
 
 
 # --- payloads ---------------------------------------------------------------
