@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import pytest
 
-from second_brain_database.webrtc.client import SignalingClient, SignalingClosed
+from second_brain_database.webrtc.client import ServerEvent, SignalingClient, SignalingClosed
 from second_brain_database.webrtc.client.aiortc_peer import AiortcMesh
 from second_brain_database.webrtc.schemas import (
+    ClientMessageType,
     CloseCode,
     ErrorCode,
     ErrorMessage,
+    MediaState,
+    MediaStateMessage,
     RelayedFrame,
     UserJoinedMessage,
     WelcomeMessage,
@@ -83,6 +87,14 @@ async def test_messages_are_typed_and_relayed_across_instances(cluster: Cluster)
             {"chat": "hi"},
         )
 
+        # The schemas' own models go out as they are (unset fields omitted).
+        await alice.send(
+            MediaStateMessage(type=ClientMessageType.MEDIA_STATE, payload=MediaState(audio=False))
+        )
+        media = await bob.wait_for("media-state", 5)
+        assert isinstance(media, RelayedFrame)
+        assert (media.from_, media.to, media.payload) == (alice.peer_id, None, {"audio": False})
+
         await alice.send({"type": "offer", "to": bob.peer_id, "id": "m1", "payload": {}})
         error = await alice.wait_for("error", 5)
         assert isinstance(error, ErrorMessage)
@@ -103,34 +115,49 @@ async def test_bad_token_is_fatal_not_retried(cluster: Cluster) -> None:
         await client.recv(1)
 
 
-async def test_reconnects_after_a_drop_and_keeps_the_call(cluster: Cluster) -> None:
+async def test_a_dropped_client_resumes_its_session_and_call(cluster: Cluster) -> None:
     one, two = cluster
     room = new_room()
     alice = AiortcMesh(SignalingClient(one.base_url, room, make_token("alice")))
-    bob = AiortcMesh(SignalingClient(two.base_url, room, make_token("bob")))
+    # Bob waits 0.5-1 s before reconnecting: time for the server to see him gone.
+    bob = AiortcMesh(SignalingClient(two.base_url, room, make_token("bob"), initial_delay=1.0))
     await alice.start()
     await bob.start()
     try:
         await alice.wait_connected()
         await bob.wait_connected()
-        first_id = bob.client.peer_id
+        bob_id, alice_side = bob.client.peer_id, alice.peers[bob.client.peer_id]
+        assert [e.type for e in await drain(alice.events)] == ["welcome", "user-joined"]
+        assert [e.type for e in await drain(bob.events)] == ["welcome"]
 
         await bob.client.drop()  # as a network failure would: no leave
-        async with asyncio.timeout(10):
-            while bob.client.reconnects == 0 or not bob.client.is_open:
-                await asyncio.sleep(0.05)
-        # Resumed: same peer id, peer connection kept. New session: a new
-        # peer id and bob offers again. Either way the call comes back.
-        [bob_side] = await bob.wait_connected()
-        [alice_side] = await alice.wait_connected(timeout=15)
-        assert alice_side.peer_id == bob.client.peer_id
-        if bob.client.peer_id == first_id:
-            assert alice_side.pc.connectionState == "connected"
+        await bob.client.app({"said": "while away"})  # kept in the outbox
+        await asyncio.sleep(0.3)
+        await alice.client.app({"to": "bob"}, to=bob_id)  # kept by the server
+        welcome = await bob.client.wait_open(timeout=10)
 
+        assert (welcome.peer_id, bob.client.reconnects) == (bob_id, 1)
+        got = await asyncio.wait_for(alice.events.get(), 5)
+        assert isinstance(got, RelayedFrame)
+        assert (got.type, got.from_, got.payload) == ("app", bob_id, {"said": "while away"})
+        after = await drain(bob.events)
+        assert [e.type for e in after] == ["welcome", "app"]
+        assert isinstance(after[1], RelayedFrame) and after[1].payload == {"to": "bob"}
+        # The peer connection never noticed: same object, still connected.
+        assert alice.peers[bob_id] is alice_side
+        assert alice_side.pc.connectionState == "connected"
         assert bob.send("still here") == 1
-        peer_id, data = await asyncio.wait_for(alice.messages.get(), 5)
-        assert (peer_id, data) == (bob.client.peer_id, "still here")
-        assert bob_side.peer_id == alice.client.peer_id
+        assert await asyncio.wait_for(alice.messages.get(), 5) == (bob_id, "still here")
+        assert alice.events.empty()  # no user-left, no user-joined
     finally:
         await alice.close()
         await bob.close()
+
+
+async def drain(queue: asyncio.Queue[ServerEvent], quiet: float = 0.3) -> list[ServerEvent]:
+    """Everything in ``queue`` until it stays empty for ``quiet`` seconds."""
+    events = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            events.append(await asyncio.wait_for(queue.get(), quiet))
+    return events

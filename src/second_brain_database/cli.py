@@ -1,16 +1,33 @@
-"""The ``sbd`` command: serve, manage logins, mint tokens."""
+"""The ``sbd`` command: serve, manage logins, mint tokens; the operator
+commands (``check``, ``rooms``, ``room``, ``kick``, ...) are in :mod:`.ops.commands`."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from second_brain_database.config import get_settings
+from second_brain_database.ops import commands as ops_commands
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except ValueError as exc:
+        print(f"sbd: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbd", description="WebRTC signaling service")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -18,6 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="processes (needs SBD_REDIS_URL)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are trusted, or '*' (default: 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--no-proxy-headers",
+        dest="proxy_headers",
+        action="store_false",
+        help="ignore X-Forwarded-* headers even from --forwarded-allow-ips",
+    )
     serve.set_defaults(run=_serve)
 
     users = commands.add_parser("users", help="manage logins")
@@ -35,13 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--role", choices=["host", "admin"])
     token.set_defaults(run=_token)
 
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.run(args)
-    except ValueError as exc:
-        print(f"sbd: {exc}", file=sys.stderr)
-        return 2
-    return result
+    ops_commands.register(commands)
+    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -52,17 +76,40 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.workers > 1 and settings.redis_url is None:
         raise ValueError("--workers > 1 needs SBD_REDIS_URL: the embedded broker is per process")
-    uvicorn.run(
-        "second_brain_database.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=configure_logging(settings.log_level),
-        ws_max_size=settings.max_message_bytes,
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=10,
-    )
+    if args.workers > 1 and "SBD_INSTANCE_ID" in os.environ:
+        # Each worker is an instance of its own (presence, reaping): one id
+        # shared by several would hide a dead worker behind a live one.
+        raise ValueError("SBD_INSTANCE_ID names one process: unset it to use --workers > 1")
+    log_config = configure_logging(settings.log_level, settings.log_format)
+    metrics_dir = _shared_metrics_dir() if args.workers > 1 else None
+    try:
+        uvicorn.run(
+            "second_brain_database.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=log_config,
+            proxy_headers=args.proxy_headers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            ws_max_size=settings.max_message_bytes,
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _shared_metrics_dir() -> str | None:
+    """Give the workers one prometheus_client multiprocess directory, so any
+    worker's /metrics reports all of them. Returns it when made here (to
+    remove at exit); an operator's own PROMETHEUS_MULTIPROC_DIR is kept."""
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    directory = tempfile.mkdtemp(prefix="sbd-metrics-")
+    os.environ[MULTIPROC_ENV] = directory  # inherited by the worker processes
+    return directory
 
 
 def _users_add(args: argparse.Namespace) -> int:

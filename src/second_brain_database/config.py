@@ -10,7 +10,7 @@ import logging
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,7 +31,13 @@ class Settings(BaseSettings):
     jwt_jwks_url: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    jwt_leeway_s: int = Field(default=10, ge=0)
+    # Clock skew tolerated on exp/nbf/iat; kept small (RFC 8725 3.10 spirit).
+    jwt_leeway_s: int = Field(default=10, ge=0, le=60)
+    # JWKS: keys are kept this long, and an unknown ``kid`` triggers a refetch
+    # at most once per ``jwt_jwks_min_refresh_s`` (so forged kids cannot make
+    # the server hammer the issuer).
+    jwt_jwks_cache_s: float = Field(default=300, gt=0)
+    jwt_jwks_min_refresh_s: float = Field(default=10, ge=0)
     access_token_ttl: int = Field(default=3600, gt=0)
 
     redis_url: str | None = None
@@ -47,12 +53,22 @@ class Settings(BaseSettings):
     presence_ttl: float = Field(default=30, gt=0)
     resume_ttl: float = Field(default=30, ge=0)
     send_queue_size: int = Field(default=256, gt=0)
+    # A connection that sends no message at all (not even ping) for this long
+    # is closed with 4408: it only holds a place in the room.
+    idle_timeout: float = Field(default=300, gt=0)
     rate_limit_per_s: float = Field(default=100, gt=0)
     rate_limit_burst: int = Field(default=400, gt=0)
+    # Abuse limits at admission (docs/security.md). A rate of 0 turns the
+    # per-IP handshake limit off; 0 turns the per-user cap off.
+    handshake_rate_per_s: float = Field(default=20, ge=0)
+    handshake_burst: int = Field(default=200, gt=0)
+    max_connections_per_user: int = Field(default=100, ge=0)
 
     database_path: Path = Path("./sbd.sqlite3")
     instance_id: str = Field(default_factory=lambda: secrets.token_hex(6))
     log_level: str = "INFO"
+    # "auto": JSON when stderr is not a terminal (a service manager, a container).
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator("jwt_algorithms", "stun_urls", "turn_urls", "allowed_origins", mode="before")
     @classmethod
@@ -61,7 +77,16 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("redis_url", "turn_secret", "jwt_secret", mode="before")
+    @field_validator(
+        "redis_url",
+        "turn_secret",
+        "jwt_secret",
+        "jwt_public_key",
+        "jwt_jwks_url",
+        "jwt_issuer",
+        "jwt_audience",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -10,6 +10,9 @@ from fastapi.staticfiles import StaticFiles
 
 from second_brain_database import health
 from second_brain_database.auth import router as auth_router
+from second_brain_database.auth import ticket_router
+from second_brain_database.observability import ObservabilityMiddleware
+from second_brain_database.webrtc import admin, asyncapi
 from second_brain_database.webrtc import router as webrtc_router
 from second_brain_database.webrtc.service import signaling_lifespan
 
@@ -24,7 +27,11 @@ def create_app() -> FastAPI:
     )
     app.include_router(webrtc_router.router)
     app.include_router(auth_router.router)
+    app.include_router(ticket_router.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(asyncapi.router)
+    app.add_middleware(ObservabilityMiddleware)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

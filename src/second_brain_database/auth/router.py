@@ -26,6 +26,10 @@ async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], service: Service
 ) -> AccessToken:
     """Exchange a username and password for a short-lived access token."""
+    if not service.tokens.can_issue:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "password login is off: tokens come from an external issuer"
+        )
     # argon2 and SQLite block: keep them off the event loop that relays signaling.
     identity = await run_in_threadpool(service.users.authenticate, form.username, form.password)
     if identity is None:

@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
 from second_brain_database.config import Settings
+from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import frames, metrics
 from second_brain_database.webrtc.broker import (
     Broker,
@@ -270,6 +271,8 @@ class ConnectionManager:
         local = self._rooms.get(room_id)
         if not local:
             return
+        if envelope.sent_at:
+            metrics.observe_relay(envelope.sent_at)
         if envelope.to:
             session = local.get(envelope.to)
             if session is None:
@@ -314,6 +317,7 @@ class ConnectionManager:
         else:
             peer_id = secrets.token_urlsafe(12)
         member = Member(peer_id, principal.user_id, principal.name)
+        bind_session(room_id, peer_id, principal.user_id)
         session = Session(
             websocket, room_id, member, principal, secrets.token_urlsafe(24), self.settings
         )
@@ -499,9 +503,7 @@ class ConnectionManager:
         elif isinstance(message, MediaStateMessage):
             media = message.payload.model_dump(exclude_none=True)
             envelope = frames.relayed(message.type, session.member, None, media)
-            await self.broker.set_media(
-                session.room_id, session.peer_id, orjson.dumps(media), envelope.frame
-            )
+            await self.broker.set_media(session.room_id, orjson.dumps(media), envelope)
         elif isinstance(message, PingMessage):
             session.enqueue(_PONG)
         elif isinstance(message, LeaveMessage):

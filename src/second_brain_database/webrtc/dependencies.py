@@ -6,6 +6,7 @@ browser cannot read the HTTP 403 that a close before accept turns into.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
@@ -13,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
+from second_brain_database.auth.tickets import TicketUnavailable
 from second_brain_database.auth.tokens import InvalidToken, Principal
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.schemas import ROOM_ID_RE, CloseCode
@@ -35,9 +37,9 @@ async def get_current_user(
 ) -> Principal:
     """The caller of a REST endpoint, from ``Authorization: Bearer <token>``."""
     try:
-        return service.tokens.verify(credentials.credentials if credentials else None)
+        return await service.tokens.verify_async(credentials.credentials if credentials else None)
     except InvalidToken as exc:
-        metrics.AUTH_FAILURES.labels(reason=exc.reason).inc()
+        metrics.AUTH_FAILURES.labels(reason=exc.detail).inc()
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, exc.reason, headers={"WWW-Authenticate": "Bearer"}
         ) from None
@@ -54,13 +56,54 @@ def require_room_access(room_id: str, user: CurrentUser) -> Principal:
     return user
 
 
+# Close code when the ticket store (Redis) cannot be reached: "try again later".
+TRY_AGAIN_LATER = 1013
+
+
 async def get_current_user_ws(
-    websocket: WebSocket, room_id: str, service: Service, token: str | None = None
+    websocket: WebSocket,
+    room_id: str,
+    service: Service,
+    token: str | None = None,
+    ticket: str | None = None,
+) -> AsyncIterator[Principal | None]:
+    """Admit a signaling WebSocket, or close it with the contract's code.
+
+    Yields the caller once the socket is accepted, or None once it is closed
+    (1008, 1012, 1013, 4003, 4029 or 4400, with a short reason). The caller's
+    slot in the per-user connection cap is held until the endpoint returns."""
+    principal = await _admit(websocket, room_id, service, token, ticket)
+    if principal is None:
+        yield None
+        return
+    connections = service.admission.connections
+    lease = await connections.acquire(principal.user_id)
+    if lease is None:
+        metrics.ADMISSION_REFUSED.labels(limit="connections per user").inc()
+        await _reject(websocket, CloseCode.RATE_LIMITED, "too many connections for this user")
+        yield None
+        return
+    try:
+        await websocket.accept()
+        yield principal
+    finally:
+        await connections.release(lease)
+
+
+async def _admit(
+    websocket: WebSocket,
+    room_id: str,
+    service: SignalingService,
+    token: str | None,
+    ticket: str | None,
 ) -> Principal | None:
-    """Admit a signaling WebSocket: origin, room id, token, room claim, in that
-    order. Returns the caller, or None once the socket is closed with the
-    contract's code (1008, 4400 or 4003) and a short reason."""
+    """Every check before the socket is accepted, cheapest first: the per-IP
+    handshake limit comes before anything an attacker could make costly."""
     settings = service.settings
+    if not service.admission.handshakes.allow(websocket.client.host if websocket.client else None):
+        metrics.ADMISSION_REFUSED.labels(limit="handshakes per ip").inc()
+        await _reject(websocket, CloseCode.RATE_LIMITED, "too many connection attempts")
+        return None
     origin = websocket.headers.get("origin")
     if settings.allowed_origins and origin not in settings.allowed_origins:
         await _reject(websocket, CloseCode.POLICY_VIOLATION, "origin not allowed")
@@ -72,17 +115,30 @@ async def get_current_user_ws(
         await _reject(websocket, CloseCode.INVALID_ROOM, "invalid room id")
         return None
     try:
-        principal = service.tokens.verify(token)
+        principal = await _authenticate(service, room_id, token, ticket)
+    except TicketUnavailable:
+        await _reject(websocket, TRY_AGAIN_LATER, "ticket store unavailable, retry")
+        return None
     except InvalidToken as exc:
-        metrics.AUTH_FAILURES.labels(reason=exc.reason).inc()
+        metrics.AUTH_FAILURES.labels(reason=exc.detail).inc()
         await _reject(websocket, CloseCode.UNAUTHORIZED, exc.reason)
         return None
     if not principal.may_join(room_id):
         metrics.AUTH_FAILURES.labels(reason="room not allowed").inc()
         await _reject(websocket, CloseCode.UNAUTHORIZED, "token not valid for this room")
         return None
-    await websocket.accept()
     return principal
+
+
+async def _authenticate(
+    service: SignalingService, room_id: str, token: str | None, ticket: str | None
+) -> Principal:
+    if ticket is not None:
+        if token is not None:
+            # Two credentials that may name two users: refuse the ambiguity.
+            raise InvalidToken("send a token or a ticket, not both")
+        return await service.admission.tickets.redeem(ticket, room_id)
+    return await service.tokens.verify_async(token)
 
 
 async def _reject(websocket: WebSocket, code: int, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -55,4 +56,4 @@ def relayed(kind: str, sender: Member, to: str | None, payload: Any) -> Envelope
             "payload": payload,
         }
     ).decode()
-    return Envelope(to=to or "", exclude=sender.peer_id, frame=frame)
+    return Envelope(to=to or "", exclude=sender.peer_id, frame=frame, sent_at=time.time())

@@ -1,10 +1,24 @@
-"""Prometheus metrics of the signaling service (no room or user ids as labels)."""
+"""Prometheus metrics of the signaling service.
+
+Labels are bounded sets only (message types, close codes, reasons, actions):
+never room, peer or user ids. Times are in seconds.
+
+With ``sbd serve --workers N`` the workers share PROMETHEUS_MULTIPROC_DIR
+(set by the CLI) and ``/metrics`` sums them; gauges say how (``livesum``: the
+sum over live workers).
+"""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
-CONNECTIONS = Gauge("sbd_websocket_connections", "Open signaling WebSocket connections")
+CONNECTIONS = Gauge(
+    "sbd_websocket_connections",
+    "Open signaling WebSocket connections",
+    multiprocess_mode="livesum",
+)
 CONNECTIONS_OPENED = Counter(
     "sbd_websocket_connections_opened_total", "Signaling WebSocket connections accepted"
 )
@@ -13,19 +27,80 @@ CONNECTIONS_CLOSED = Counter(
     "Signaling WebSocket connections closed, by close code",
     ["code"],
 )
-LOCAL_ROOMS = Gauge("sbd_rooms_local", "Rooms with at least one peer on this instance")
+LOCAL_ROOMS = Gauge(
+    "sbd_rooms_local",
+    "Rooms with at least one peer on this instance",
+    multiprocess_mode="livesum",
+)
 MESSAGES_RECEIVED = Counter(
     "sbd_messages_received_total", "Client frames accepted, by message type", ["type"]
 )
 MESSAGES_DELIVERED = Counter("sbd_messages_delivered_total", "Frames queued to local clients")
+MESSAGES_SENT = Counter(
+    "sbd_messages_sent_total", "Frames written to client WebSockets, by message type", ["type"]
+)
 ERRORS_SENT = Counter("sbd_errors_sent_total", "error frames sent to clients, by code", ["code"])
 SLOW_CONSUMERS = Counter(
     "sbd_slow_consumer_disconnects_total", "Clients closed because their send queue overflowed"
 )
 AUTH_FAILURES = Counter("sbd_auth_failures_total", "Rejected credentials, by reason", ["reason"])
+ADMISSION_REFUSED = Counter(
+    "sbd_admission_refused_total", "WebSockets refused by an abuse limit, by limit", ["limit"]
+)
 BROKER_ERRORS = Counter("sbd_broker_errors_total", "Broker operations that failed")
+REDIS_RECONNECTS = Counter(
+    "sbd_redis_reconnects_total", "Times the Redis Pub/Sub connection was lost and re-opened"
+)
 ROOM_SIZE = Histogram(
     "sbd_room_peers",
     "Peers in the room a peer joined, observed at each join",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
 )
+RELAY_LATENCY = Histogram(
+    "sbd_relay_latency_seconds",
+    "Time from a relayed message's ingress on any instance to its delivery to the "
+    "local sessions of its room (wall clocks: instances need NTP)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ADMIN_ACTIONS = Counter(
+    "sbd_admin_actions_total", "Admin API actions carried out, by action", ["action"]
+)
+
+# Server frame types; anything else is counted as "other" so a malformed
+# frame can never mint a label.
+FRAME_TYPES = (
+    "welcome",
+    "user-joined",
+    "user-left",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "media-state",
+    "app",
+    "pong",
+    "error",
+    "notice",
+)
+_sent = {kind: MESSAGES_SENT.labels(type=kind) for kind in (*FRAME_TYPES, "other")}
+_TYPE_PREFIX = '{"type":"'
+
+
+def frame_type(frame: str) -> str:
+    """The ``type`` of a server frame, read from its first field without
+    parsing it: every server frame is serialized with ``type`` first."""
+    if frame.startswith(_TYPE_PREFIX):
+        end = frame.find('"', len(_TYPE_PREFIX))
+        kind = frame[len(_TYPE_PREFIX) : end]
+        if kind in _sent:
+            return kind
+    return "other"
+
+
+def count_sent_frame(frame: str) -> None:
+    _sent[frame_type(frame)].inc()
+
+
+def observe_relay(ingress_time: float) -> None:
+    """Record one relayed envelope reaching this instance's sessions;
+    ``ingress_time`` is the ``time.time()`` its sender's instance stamped."""
+    RELAY_LATENCY.observe(max(time.time() - ingress_time, 0.0))

@@ -22,6 +22,7 @@ ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 MAX_SDP_CHARS = 60_000
 MAX_CANDIDATE_CHARS = 2_048
 MAX_ID_CHARS = 128
+MAX_NOTICE_CHARS = 1_000
 
 PeerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ClientRef = Annotated[str, Field(max_length=MAX_ID_CHARS)]
@@ -45,6 +46,7 @@ class ServerMessageType(StrEnum):
     USER_LEFT = "user-left"
     PONG = "pong"
     ERROR = "error"
+    NOTICE = "notice"
     # Relayed types keep the type the sender gave them.
     OFFER = "offer"
     ANSWER = "answer"
@@ -62,7 +64,7 @@ RELAYED_TYPES = frozenset(
         ClientMessageType.APP,
     }
 )
-SERVER_ONLY_TYPES = frozenset({"welcome", "user-joined", "user-left", "pong", "error"})
+SERVER_ONLY_TYPES = frozenset({"welcome", "user-joined", "user-left", "pong", "error", "notice"})
 
 
 class ErrorCode(StrEnum):
@@ -275,9 +277,28 @@ class ErrorMessage(BaseModel):
     payload: ErrorPayload
 
 
+class NoticePayload(BaseModel):
+    message: str = Field(min_length=1, max_length=MAX_NOTICE_CHARS)
+    level: Literal["info", "warning"] = "info"
+
+
+class NoticeMessage(BaseModel):
+    """A message from the operators to everyone in the room (shown to users)."""
+
+    type: Literal[ServerMessageType.NOTICE] = ServerMessageType.NOTICE
+    payload: NoticePayload
+
+
 ServerMessage = (
-    WelcomeMessage | UserJoinedMessage | UserLeftMessage | RelayedFrame | PongMessage | ErrorMessage
+    WelcomeMessage
+    | UserJoinedMessage
+    | UserLeftMessage
+    | RelayedFrame
+    | PongMessage
+    | ErrorMessage
+    | NoticeMessage
 )
+ServerFrame = Annotated[ServerMessage, Field(discriminator="type")]
 
 
 # --- ingress ----------------------------------------------------------------

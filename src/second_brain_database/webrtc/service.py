@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from second_brain_database.auth.tokens import TokenService
 from second_brain_database.auth.users import UserStore
 from second_brain_database.config import Settings, get_settings
+from second_brain_database.webrtc.admission import Admission
 from second_brain_database.webrtc.broker import Broker, create_broker
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
@@ -31,6 +32,7 @@ class SignalingService:
     users: UserStore
     broker: Broker
     manager: ConnectionManager
+    admission: Admission
     draining: bool = False
 
     @classmethod
@@ -43,10 +45,13 @@ class SignalingService:
             users=UserStore(settings.database_path),
             broker=broker,
             manager=ConnectionManager(broker, tokens, settings),
+            admission=Admission.build(settings),
         )
 
     async def start(self) -> None:
         await self.broker.connect()
+        await self.tokens.start()
+        await self.admission.start()
         logger.info(
             "signaling service started (instance %s, broker %s)",
             self.settings.instance_id,
@@ -57,6 +62,8 @@ class SignalingService:
         self.draining = True
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await self.broker.disconnect()
+        await self.admission.aclose()
+        await self.tokens.aclose()
 
 
 @asynccontextmanager

@@ -75,7 +75,8 @@ class ResumeBusy(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A frame addressed within a room.
+    """A frame addressed within a room, packed as four lines: ingress time,
+    ``to``, ``exclude``, then the frame.
 
     ``to`` is a peer id, or ``""`` for every peer of the room but those in
     ``exclude`` (comma-separated: the sender, and peers waiting to resume,
@@ -87,17 +88,20 @@ class Envelope:
     to: str
     exclude: str
     frame: str
+    sent_at: float = 0.0
+    """``time.time()`` at the sender's ingress, for the relay latency
+    histogram; 0 for server-made frames."""
 
     def pack(self) -> bytes:
         # Peer ids never contain a newline or a comma (schemas.PeerId), so
         # the routing header needs no parsing of the JSON frame.
-        return f"{self.to}\n{self.exclude}\n{self.frame}".encode()
+        return f"{self.sent_at:.6f}\n{self.to}\n{self.exclude}\n{self.frame}".encode()
 
     @classmethod
     def unpack(cls, data: bytes | str) -> Envelope:
         text = data.decode() if isinstance(data, bytes) else data
-        to, exclude, frame = text.split("\n", 2)
-        return cls(to, exclude, frame)
+        sent_at, to, exclude, frame = text.split("\n", 3)
+        return cls(to, exclude, frame, float(sent_at or 0))
 
     def excludes(self, peer_id: str) -> bool:
         exclude = self.exclude
@@ -268,8 +272,9 @@ class Broker(ABC):
         sent) when ``envelope.to`` is not a member. One backend round trip."""
 
     @abstractmethod
-    async def set_media(self, room_id: str, sender: str, media: bytes, frame: str) -> None:
-        """Record the sender's media state and broadcast ``frame`` with it."""
+    async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:
+        """Record the media state of the envelope's sender (its ``exclude``)
+        and broadcast the envelope with it."""
 
     @abstractmethod
     async def kick(self, room_id: str, peer_id: str) -> bool:

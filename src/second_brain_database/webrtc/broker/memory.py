@@ -213,13 +213,13 @@ class MemoryBroker(Broker):
             room.mail(peer_id, envelope.frame)
         if not away:
             return envelope
-        return Envelope("", ",".join([envelope.exclude, *away]), envelope.frame)
+        return Envelope("", ",".join([envelope.exclude, *away]), envelope.frame, envelope.sent_at)
 
-    async def set_media(self, room_id: str, sender: str, media: bytes, frame: str) -> None:
+    async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:
         room = self._rooms.get(room_id)
-        if room is not None and sender in room.members:
-            room.media[sender] = orjson.loads(media)
-        await self.publish(room_id, Envelope("", sender, frame))
+        if room is not None and envelope.exclude in room.members:
+            room.media[envelope.exclude] = orjson.loads(media)
+        await self.publish(room_id, envelope)
 
     async def kick(self, room_id: str, peer_id: str) -> bool:
         room = self._rooms.get(room_id)

@@ -476,6 +476,7 @@ class RedisBroker(Broker):
                     mailbox_prefix(room_id),
                     self._mailbox_ttl_ms,
                     MAILBOX_MAX_FRAMES,
+                    f"{envelope.sent_at:.6f}",
                 ],
             )
             return bool(sent != -1)
@@ -489,21 +490,23 @@ class RedisBroker(Broker):
                 mailbox_prefix(room_id),
                 self._mailbox_ttl_ms,
                 MAILBOX_MAX_FRAMES,
+                f"{envelope.sent_at:.6f}",
             ],
         )
         return True
 
-    async def set_media(self, room_id: str, sender: str, media: bytes, frame: str) -> None:
+    async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:
         await self._run(
             "SET_MEDIA",
             room_keys(room_id),
             [
                 self._publish,
-                sender,
-                frame,
+                envelope.exclude,
+                envelope.frame,
                 mailbox_prefix(room_id),
                 self._mailbox_ttl_ms,
                 MAILBOX_MAX_FRAMES,
+                f"{envelope.sent_at:.6f}",
                 media,
             ],
         )

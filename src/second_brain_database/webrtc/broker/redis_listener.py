@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
+from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker.base import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class PubSubListener:
             try:
                 await self._listen_once()
             except (RedisError, OSError) as exc:
+                metrics.REDIS_RECONNECTS.inc()
                 logger.warning("Redis Pub/Sub (%s) lost: %s; reconnecting", self.name, exc)
             except Exception:
                 # A bug must not leave the instance deaf: log it and reconnect.

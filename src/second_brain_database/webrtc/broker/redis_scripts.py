@@ -49,7 +49,7 @@ end
 -- Publish a frame for the whole room but its sender: peers without a
 -- connection get it in their mailbox instead, and are excluded from the live
 -- delivery so that nobody receives it twice.
-local function broadcast(publish, sender, frame, prefix, ttl_ms, max_len)
+local function broadcast(publish, sender, frame, prefix, ttl_ms, max_len, stamp)
   local exclude = sender
   if redis.call('ZCARD', KEYS[5]) > 0 then
     for _, peer in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
@@ -59,7 +59,7 @@ local function broadcast(publish, sender, frame, prefix, ttl_ms, max_len)
       end
     end
   end
-  return redis.call(publish, KEYS[6], '\\n' .. exclude .. '\\n' .. frame)
+  return redis.call(publish, KEYS[6], stamp .. '\\n\\n' .. exclude .. '\\n' .. frame)
 end
 """
 
@@ -184,7 +184,7 @@ redis.call('DEL', ARGV[8])
 return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), mailbox, owner}
 """
 
-# ARGV: publish, to, sender, frame, mailbox prefix, ttl_ms, max_len
+# ARGV: publish, to, sender, frame, mailbox prefix, ttl_ms, max_len, ingress stamp
 # -> -1 when ``to`` is not in the room, 0 when mailed, else PUBLISH's count
 RELAY_TO = (
     _LIB
@@ -195,26 +195,29 @@ if string.sub(owner, 1, 1) == '~' then
   mail(ARGV[5] .. ARGV[2], ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]))
   return 0
 end
-return redis.call(ARGV[1], KEYS[6], ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4])
+local nl = '\\n'
+return redis.call(ARGV[1], KEYS[6], ARGV[8] .. nl .. ARGV[2] .. nl .. ARGV[3] .. nl .. ARGV[4])
 """
 )
 
-# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len
+# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len, ingress stamp
 BROADCAST = (
     _LIB
     + """
-return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
+                 ARGV[7])
 """
 )
 
-# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len, media_json
+# ARGV: publish, sender, frame, mailbox prefix, ttl_ms, max_len, ingress stamp, media_json
 SET_MEDIA = (
     _LIB
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[7])
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[8])
 end
-return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
+                 ARGV[7])
 """
 )
 

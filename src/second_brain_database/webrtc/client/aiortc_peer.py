@@ -30,7 +30,7 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from second_brain_database.webrtc.client.signaling import SignalingClient
+from second_brain_database.webrtc.client.signaling import ServerEvent, SignalingClient
 from second_brain_database.webrtc.schemas import (
     RelayedFrame,
     UserLeftMessage,
@@ -39,6 +39,7 @@ from second_brain_database.webrtc.schemas import (
 
 logger = logging.getLogger(__name__)
 
+NEGOTIATION_TYPES = frozenset({"offer", "answer", "ice-candidate"})
 DATA_CHANNEL_LABEL = "sbd"
 DATA_CHANNEL_ID = 0
 
@@ -73,7 +74,9 @@ class AiortcMesh:
     ``tracks`` makes the media to send to one peer (called once per peer
     connection: an aiortc track feeds one sender). Data-channel messages
     arrive on :attr:`messages` as ``(peer_id, data)``; remote tracks on
-    :attr:`remote_tracks` as ``(peer_id, track)``.
+    :attr:`remote_tracks` as ``(peer_id, track)``; every server frame but
+    offers, answers and candidates (``app``, ``media-state``, joins, leaves,
+    welcomes, errors) on :attr:`events`, after the mesh acted on it.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class AiortcMesh:
         self.peers: dict[str, AiortcPeer] = {}
         self.messages: asyncio.Queue[tuple[str, str | bytes]] = asyncio.Queue()
         self.remote_tracks: asyncio.Queue[tuple[str, MediaStreamTrack]] = asyncio.Queue()
+        self.events: asyncio.Queue[ServerEvent] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._peer_id = ""
@@ -120,17 +124,22 @@ class AiortcMesh:
 
     async def wait_connected(self, count: int = 1, timeout: float = 15.0) -> list[AiortcPeer]:
         """Wait until ``count`` peers are connected with open data channels."""
+        await self._wait(lambda: len(self._ready()) >= count, timeout)
+        return self._ready()
 
-        def ready() -> list[AiortcPeer]:
-            return [
-                p for p in self.peers.values() if p.connected.is_set() and p.channel_open.is_set()
-            ]
+    async def wait_peer(self, peer_id: str, timeout: float = 15.0) -> AiortcPeer:
+        """Wait until the peer ``peer_id`` is connected with an open data channel."""
+        await self._wait(lambda: any(p.peer_id == peer_id for p in self._ready()), timeout)
+        return self.peers[peer_id]
 
+    def _ready(self) -> list[AiortcPeer]:
+        return [p for p in self.peers.values() if p.connected.is_set() and p.channel_open.is_set()]
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
         async with asyncio.timeout(timeout):
-            while len(ready()) < count:
+            while not condition():
                 self._changed.clear()
                 await self._changed.wait()
-        return ready()
 
     # --- signaling -------------------------------------------------------------
 
@@ -141,6 +150,8 @@ class AiortcMesh:
             except Exception:
                 # One bad message must not end the mesh; the peer can retry.
                 logger.exception("handling %s failed", event.type)
+            if event.type not in NEGOTIATION_TYPES:
+                self.events.put_nowait(event)
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, WelcomeMessage):

@@ -17,38 +17,26 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 import websockets
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from second_brain_database.webrtc.schemas import (
     CloseCode,
-    ErrorMessage,
     Participant,
-    PongMessage,
-    RelayedFrame,
-    UserJoinedMessage,
-    UserLeftMessage,
+    ServerFrame,
     WelcomeMessage,
     WelcomePayload,
 )
 
 logger = logging.getLogger(__name__)
 
-ServerEvent = Annotated[
-    WelcomeMessage
-    | UserJoinedMessage
-    | UserLeftMessage
-    | RelayedFrame
-    | PongMessage
-    | ErrorMessage,
-    Field(discriminator="type"),
-]
+ServerEvent = ServerFrame
 _server_event: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
 
 # Closes that end the session for good; every other one is worth a resume.
@@ -59,6 +47,8 @@ FATAL_CLOSE_CODES = frozenset(
         CloseCode.UNAUTHORIZED,
         CloseCode.ROOM_FULL,
         CloseCode.INVALID_ROOM,
+        CloseCode.IDLE,
+        CloseCode.SESSION_REPLACED,
     }
 )
 ABNORMAL_CLOSURE = 1006
@@ -138,17 +128,27 @@ class SignalingClient:
         """Stop without ``leave`` after the transport closes (the session may
         still be resumed by someone holding :attr:`resume_token`)."""
         self._finish(SignalingClosed(CloseCode.NORMAL, "closed by client"))
+        ws = self._ws  # the runner forgets it when cancelled
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        if self._ws is not None:
-            await self._ws.close()
+        if ws is not None:
+            await ws.close()
 
     async def drop(self) -> None:
-        """Cut the transport as a network failure would; the client resumes."""
+        """Cut the transport as a network failure would; the client resumes.
+        :meth:`wait_open` then waits for the session to be back."""
         if self._ws is not None:
+            self._session_open.clear()
             self._ws.transport.abort()
+
+    async def wait_open(self, timeout: float | None = None) -> WelcomePayload:
+        """Wait until joined and connected (again, after a drop)."""
+        async with asyncio.timeout(timeout):
+            await self._session_open.wait()
+        assert self.welcome is not None  # set before the session opens
+        return self.welcome
 
     @property
     def peer_id(self) -> str:
@@ -251,6 +251,14 @@ class SignalingClient:
     # --- the connection loop ---------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception as exc:
+            # A bug must not leave recv() waiting forever: end the session.
+            logger.exception("signaling client failed")
+            self._finish(SignalingClosed(ABNORMAL_CLOSURE, f"client error: {exc!r}"))
+
+    async def _loop(self) -> None:
         attempts = 0
         while self._closed is None:
             resuming = self.resume_token is not None
@@ -289,7 +297,12 @@ class SignalingClient:
         self._ws = ws
         try:
             async for frame in ws:
-                event = parse_server_frame(frame)
+                try:
+                    event = parse_server_frame(frame)
+                except ValidationError:
+                    # A type this client does not know (a newer server): skip it.
+                    logger.warning("ignoring unexpected frame: %.200r", frame)
+                    continue
                 if isinstance(event, WelcomeMessage):
                     welcomed = True
                     previous = self.welcome

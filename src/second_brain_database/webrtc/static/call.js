@@ -62,12 +62,17 @@ async function join() {
     myName = nameFromToken(token);
     const room = input("room").value.trim();
     localStream = input("with-media").checked ? await openMedia() : null;
-    client = new SignalingClient({ token, room, localStream });
+    // A person is waiting on this page: retry at least every 4 s, not 10.
+    client = new SignalingClient({ token, room, localStream, reconnect: { maxDelayMs: 4000 } });
     Object.assign(window, { sbd: { client, localStream } }); // for tests and the devtools console
     wireClient(client);
     enterCall(room);
+    // Say what we send before joining: the SDK announces it on every new session.
+    client.setMediaState({
+      audio: Boolean(localStream?.getAudioTracks().length),
+      video: Boolean(localStream?.getVideoTracks().length),
+    });
     await client.join();
-    if (localStream) client.setMediaState({ audio: true, video: true });
   } catch (error) {
     leaveCall();
     showJoinError(error instanceof Error ? error.message : String(error));
@@ -126,12 +131,17 @@ function enterCall(room) {
   video.muted = true; // never play one's own microphone back
   video.srcObject = localStream;
   tile.classList.toggle("video-off", !localStream?.getVideoTracks().length);
-  setPressed("mic-btn", Boolean(localStream?.getAudioTracks().length));
-  setPressed("cam-btn", Boolean(localStream?.getVideoTracks().length));
+  // Without a microphone or camera there is nothing to toggle.
+  const hasAudio = Boolean(localStream?.getAudioTracks().length);
+  const hasVideo = Boolean(localStream?.getVideoTracks().length);
+  setPressed("mic-btn", hasAudio);
+  setPressed("cam-btn", hasVideo);
+  /** @type {HTMLButtonElement} */ ($("mic-btn")).disabled = !hasAudio;
+  /** @type {HTMLButtonElement} */ ($("cam-btn")).disabled = !hasVideo;
 }
 
 function leaveCall() {
-  client?.leave();
+  void client?.leave();
   client = null;
   for (const track of localStream?.getTracks() ?? []) track.stop();
   localStream = null;
@@ -148,8 +158,10 @@ function wireClient(call) {
     pill.dataset.status = status;
     pill.textContent = status;
   });
+  let sessions = 0;
   call.on("open", ({ resumed }) => {
-    if (resumed) notice("Reconnected.");
+    sessions += 1;
+    if (sessions > 1) notice(resumed ? "Reconnected." : "Reconnected (as a new session).");
   });
   call.on("peer-joined", ({ peer }) => {
     addTile(peer.peerId, peer.name);
@@ -172,6 +184,7 @@ function wireClient(call) {
     /** @type {HTMLElement} */ (tile.querySelector(".conn-text")).textContent = state;
   });
   call.on("media-state", ({ peerId, media }) => applyMedia(peerId, media));
+  call.on("notice", ({ message }) => notice(message));
   call.on("data", ({ peer, data }) => {
     try {
       const message = JSON.parse(String(data));

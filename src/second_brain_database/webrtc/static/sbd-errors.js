@@ -46,6 +46,21 @@ export const CLOSE_CODES = Object.freeze({
     message: "Too many messages were sent; reconnecting after a pause.",
   },
   4400: { code: "invalid_room", fatal: true, message: "The room id is not valid." },
+  4408: {
+    code: "idle",
+    fatal: true,
+    message: "The connection sent nothing for too long and was closed.",
+  },
+  4409: {
+    code: "replaced",
+    fatal: true,
+    message: "This session continued on a newer connection.",
+  },
+  1013: {
+    code: "try_again_later",
+    fatal: false,
+    message: "The server is busy or the connection fell behind; reconnecting.",
+  },
 });
 
 /**

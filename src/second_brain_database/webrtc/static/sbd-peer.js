@@ -89,16 +89,19 @@ export class RemotePeer {
    * Create the RTCPeerConnection (once). Adding tracks and the data channel
    * fires `negotiationneeded`, so calling this *is* sending an offer, unless
    * a remote offer is applied first (then this side answers).
+   * @param {boolean} [initiator] this side offers first
    * @returns {RTCPeerConnection}
    */
-  start() {
+  start(initiator = false) {
     if (this.pc) return this.pc;
     const pc = new RTCPeerConnection(this._hooks.rtcConfig);
     this.pc = pc;
     const local = this._hooks.localStream;
     for (const track of local?.getTracks() ?? []) pc.addTrack(track, /** @type {MediaStream} */ (local));
-    // Receive what this side does not send, without a second round trip.
-    for (const kind of ["audio", "video"]) {
+    // The offer asks to receive what this side does not send, so the answer
+    // can carry the other side's media without a second round trip. (An
+    // answerer must not: an offer never fills transceivers made this way.)
+    for (const kind of initiator ? ["audio", "video"] : []) {
       if (!local?.getTracks().some((t) => t.kind === kind)) {
         pc.addTransceiver(kind, { direction: "recvonly" });
       }

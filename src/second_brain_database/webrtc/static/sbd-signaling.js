@@ -8,7 +8,7 @@
  *
  * @example
  *   import { login, SignalingClient } from "/static/sbd-signaling.js";
- *   const { token } = await login("", "alice", "secret");
+ *   const { token } = await login("", "alice", "a-long-password");
  *   const media = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
  *   const call = new SignalingClient({ token, room: "standup", localStream: media });
  *   call.on("track", ({ peerId, stream }) => show(peerId, stream));
@@ -69,6 +69,7 @@ const OUTBOX_LIMIT = 512;
  * @property {{ peer: RemotePeer, peerId: string, media: Record<string, unknown> }} media-state
  * @property {{ peer: RemotePeer, peerId: string, state: RTCPeerConnectionState }} connection-state
  * @property {{ peer: RemotePeer, peerId: string, message: string }} negotiation-error
+ * @property {{ message: string, level: "info" | "warning" }} notice a message from the operators
  * @property {{ error: SignalingError }} error see `error.fatal`
  * @property {{ error: SignalingError | null }} closed the client stopped for good
  */
@@ -165,7 +166,7 @@ export class SignalingClient extends EventTarget {
     this._refreshTimer = undefined;
     /** @type {{ resolve: (v: SignalingEventMap["open"]) => void, reject: (e: SignalingError) => void } | null} */
     this._joining = null;
-    this._onPageHide = () => this.leave();
+    this._onPageHide = () => void this.leave();
   }
 
   /**
@@ -194,26 +195,45 @@ export class SignalingClient extends EventTarget {
       throw new SignalingError("invalid_room", "The room id is not valid.", { closeCode: 4400 });
     }
     this._setStatus("connecting");
-    const opened = new Promise((resolve, reject) => {
-      this._joining = { resolve, reject };
-    });
     try {
       this.rtcConfig ??= await fetchRtcConfig(this.baseUrl, this.token);
     } catch (error) {
-      this._stop(/** @type {SignalingError} */ (error));
-      throw error;
+      const failure =
+        error instanceof SignalingError
+          ? error
+          : new SignalingError("http_error", `Cannot reach the server: ${error}`);
+      this._stop(failure);
+      throw failure;
     }
+    // leave() may have been called while the configuration was loading.
+    if (/** @type {ConnectionStatus} */ (this.status) === "closed") {
+      throw new SignalingError("left", "Left before the session began.");
+    }
+    /** @type {Promise<SignalingEventMap["open"]>} */
+    const opened = new Promise((resolve, reject) => {
+      this._joining = { resolve, reject };
+    });
     if (this._options.leaveOnUnload) globalThis.addEventListener?.("pagehide", this._onPageHide);
     this._scheduleRefresh();
     this._connect();
-    return /** @type {Promise<SignalingEventMap["open"]>} */ (opened);
+    return opened;
   }
 
-  /** Leave on purpose: the others see `peer-left` at once; no reconnect. */
+  /**
+   * Leave on purpose: the others see `peer-left` at once; no reconnect.
+   * @returns {Promise<void>} settles when the server has closed the socket
+   *   (so the `leave` surely arrived), or after 2 s
+   */
   leave() {
-    if (this.status === "closed") return;
+    if (this.status === "closed") return Promise.resolve();
+    const ws = this._ws;
     this._send({ type: "leave" });
     this._stop(null);
+    return new Promise((resolve) => {
+      if (!ws || ws.readyState === WebSocket.CLOSED) return resolve();
+      ws.addEventListener("close", () => resolve(), { once: true });
+      setTimeout(resolve, 2000);
+    });
   }
 
   /**
@@ -418,6 +438,9 @@ export class SignalingClient extends EventTarget {
       case "app":
         this._emit("app", { peerId: message.from, userId: message.from_user, payload });
         break;
+      case "notice":
+        this._emit("notice", { message: payload.message, level: payload.level ?? "info" });
+        break;
       case "error":
         this._emit("error", {
           error: new SignalingError(payload.code, payload.message ?? "error", { fatal: false }),
@@ -461,7 +484,7 @@ export class SignalingClient extends EventTarget {
       for (const message of backlog) this._send(message);
     } else {
       // The newcomer offers to everyone already here (they only answer).
-      for (const info of participants) this._addPeer(info).start();
+      for (const info of participants) this._addPeer(info).start(true);
       if (Object.keys(this.mediaState).length) this.setMediaState({});
     }
     const detail = { peerId: welcome.peer_id, userId: welcome.user_id, resumed, participants };

@@ -1,0 +1,1 @@
+"""Operator tooling behind ``sbd check``, ``sbd rooms`` and friends."""

@@ -1,0 +1,181 @@
+"""``sbd check``: is this host's configuration one that can serve?
+
+Each check yields one line: ``ok``, ``warn`` (works, but not as an operator
+likely wants) or ``FAIL`` (will not work). It reads the same settings the
+server reads (``SBD_*`` and ``.env``), and talks to Redis and to each TURN
+URL the way the server and browsers will.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from second_brain_database.config import Settings
+
+Status = Literal["ok", "warn", "FAIL"]
+PROBE_USER = "sbd-check"
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status
+    topic: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<5} {self.topic:<9} {self.detail}"
+
+
+def run_checks(settings: Settings, *, probe_turn: bool = True) -> list[Finding]:
+    findings = [
+        *_jwt(settings),
+        *_redis(settings),
+        *_stun(settings),
+        *_turn(settings, probe_turn),
+        *_service(settings),
+    ]
+    return findings
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (Redis URLs may carry one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _jwt(settings: Settings) -> Iterator[Finding]:
+    algorithms = ", ".join(settings.jwt_algorithms)
+    hmac_algs = [a for a in settings.jwt_algorithms if a.startswith("HS")]
+    key_algs = [a for a in settings.jwt_algorithms if not a.startswith("HS")]
+    if hmac_algs:
+        if settings.jwt_secret is None:
+            status: Status = "FAIL" if settings.redis_url else "warn"
+            yield Finding(
+                status,
+                "jwt",
+                "SBD_JWT_SECRET is not set: each process makes up its own key, so tokens "
+                "do not survive a restart"
+                + (" and other instances reject them" if settings.redis_url else ""),
+            )
+        elif len(settings.jwt_secret.encode()) < 32:
+            yield Finding("FAIL", "jwt", "SBD_JWT_SECRET is shorter than 32 bytes")
+        else:
+            size = len(settings.jwt_secret.encode())
+            yield Finding("ok", "jwt", f"{algorithms}; shared key of {size} bytes")
+    if key_algs and not (settings.jwt_public_key or settings.jwt_jwks_url):
+        yield Finding(
+            "FAIL", "jwt", f"{', '.join(key_algs)} need SBD_JWT_PUBLIC_KEY or SBD_JWT_JWKS_URL"
+        )
+    elif key_algs:
+        source = "SBD_JWT_JWKS_URL" if settings.jwt_jwks_url else "SBD_JWT_PUBLIC_KEY"
+        yield Finding("ok", "jwt", f"{', '.join(key_algs)} verified with {source}")
+    claims = [
+        f"iss={settings.jwt_issuer}" if settings.jwt_issuer else "",
+        f"aud={settings.jwt_audience}" if settings.jwt_audience else "",
+    ]
+    if any(claims):
+        yield Finding("ok", "jwt", "tokens must carry " + " ".join(c for c in claims if c))
+    if settings.access_token_ttl > 86400:
+        yield Finding("warn", "jwt", f"access tokens live {settings.access_token_ttl}s (> 1 day)")
+
+
+def _redis(settings: Settings) -> Iterator[Finding]:
+    if settings.redis_url is None:
+        yield Finding("ok", "redis", "not configured: embedded broker, one instance (no --workers)")
+        return
+    import redis
+    from redis.exceptions import RedisError
+
+    shown = safe_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        start = time.perf_counter()
+        client.ping()
+        elapsed = (time.perf_counter() - start) * 1000
+        version = client.info("server").get("redis_version", "?")
+        instances = client.zcard("sbd:instances")
+    except (RedisError, OSError) as exc:
+        yield Finding("FAIL", "redis", f"{shown}: unreachable ({exc})")
+        return
+    finally:
+        client.close()
+    yield Finding(
+        "ok",
+        "redis",
+        f"{shown}: PONG in {elapsed:.1f} ms (Redis {version}; {instances} live instances)",
+    )
+
+
+def _stun(settings: Settings) -> Iterator[Finding]:
+    bad = [url for url in settings.stun_urls if not url.startswith(("stun:", "stuns:"))]
+    if bad:
+        yield Finding("FAIL", "stun", f"not stun: URLs: {', '.join(bad)}")
+    elif settings.stun_urls:
+        yield Finding("ok", "stun", ", ".join(settings.stun_urls))
+    else:
+        yield Finding("warn", "stun", "no STUN URLs: peers learn no public address")
+
+
+def _turn(settings: Settings, probe_turn: bool) -> Iterator[Finding]:
+    from second_brain_database.ops.turn_probe import TurnProbeError, TurnUrl, probe
+    from second_brain_database.webrtc.turn import turn_credential
+
+    if not settings.turn_urls:
+        if settings.turn_secret:
+            yield Finding("warn", "turn", "SBD_TURN_SECRET is set but SBD_TURN_URLS is empty")
+        else:
+            yield Finding(
+                "warn", "turn", "no TURN: peers behind symmetric NATs or firewalls cannot connect"
+            )
+        return
+    if not settings.turn_secret:
+        yield Finding("FAIL", "turn", "SBD_TURN_URLS is set but SBD_TURN_SECRET is not")
+        return
+    username = f"{int(time.time()) + 60}:{PROBE_USER}"
+    password = turn_credential(settings.turn_secret, username)
+    for url in settings.turn_urls:
+        try:
+            TurnUrl.parse(url)
+        except ValueError as exc:
+            yield Finding("FAIL", "turn", str(exc))
+            continue
+        if not probe_turn:
+            yield Finding("ok", "turn", f"{url}: well formed (not probed)")
+            continue
+        try:
+            allocation = probe(url, username, password)
+        except TurnProbeError as exc:
+            hint = (
+                " (is the TURN server's static-auth-secret the same as SBD_TURN_SECRET?)"
+                if exc.code == 401
+                else ""
+            )
+            yield Finding("FAIL", "turn", f"{url}: {exc}{hint}")
+        except OSError as exc:
+            yield Finding("FAIL", "turn", f"{url}: unreachable ({exc})")
+        else:
+            yield Finding(
+                "ok",
+                "turn",
+                f"{url}: allocated a relay with a credential from SBD_TURN_SECRET "
+                f"(realm {allocation.realm})",
+            )
+    if settings.turn_ttl > 86400:
+        yield Finding("warn", "turn", f"TURN credentials live {settings.turn_ttl}s (> 1 day)")
+
+
+def _service(settings: Settings) -> Iterator[Finding]:
+    if settings.allowed_origins:
+        yield Finding("ok", "origins", ", ".join(settings.allowed_origins))
+    else:
+        yield Finding(
+            "warn", "origins", "SBD_ALLOWED_ORIGINS is unset: any web page may open the WebSocket"
+        )

@@ -1,0 +1,172 @@
+"""The WebSocket protocol as an AsyncAPI 2.6 document, built from the Pydantic
+models of :mod:`.schemas` at run time, so the document cannot drift from
+what the server validates and sends. Served at ``/asyncapi.json``.
+
+AsyncAPI's point of view is the server's: ``publish`` lists what clients
+send, ``subscribe`` what they receive.
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from second_brain_database.webrtc.schemas import (
+    ROOM_ID_PATTERN,
+    ClientMessage,
+    CloseCode,
+    ServerMessage,
+)
+
+ASYNCAPI_VERSION = "2.6.0"
+CHANNEL = "/ws/webrtc/{room_id}"
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+CLOSE_CODES: dict[int, str] = {
+    CloseCode.NORMAL: "after `leave`",
+    CloseCode.GOING_AWAY: "the server is shutting down; resume elsewhere",
+    CloseCode.POLICY_VIOLATION: "`Origin` not in SBD_ALLOWED_ORIGINS",
+    CloseCode.MESSAGE_TOO_BIG: "a frame larger than SBD_MAX_MESSAGE_BYTES",
+    CloseCode.SERVICE_RESTART: "the server is restarting; resume elsewhere",
+    CloseCode.UNAUTHORIZED: "missing, invalid or expired token, room not allowed, "
+    "bad resume token, or kicked",
+    CloseCode.ROOM_FULL: "room is full",
+    CloseCode.RATE_LIMITED: "kept sending past the rate limit",
+    CloseCode.INVALID_ROOM: "invalid room id",
+}
+
+
+def close_codes() -> dict[str, str]:
+    """Every close code of the schemas; one without a sentence here gets its name."""
+    return {
+        str(int(code)): CLOSE_CODES.get(code, code.name.lower().replace("_", " "))
+        for code in CloseCode
+    }
+
+
+def _union_members(union: Any) -> list[type[BaseModel]]:
+    """The models of a (possibly Annotated, possibly nested) union."""
+    members: list[type[BaseModel]] = []
+    for arg in get_args(union) or (union,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            members.append(arg)
+        elif get_args(arg):
+            members.extend(m for m in _union_members(arg) if m not in members)
+    return members
+
+
+def client_models() -> list[type[BaseModel]]:
+    return _union_members(ClientMessage)
+
+
+def server_models() -> list[type[BaseModel]]:
+    return _union_members(ServerMessage)
+
+
+def _summary(model: type[BaseModel]) -> str:
+    # The docstring's first paragraph, as one line.
+    paragraph = (model.__doc__ or "").strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split()).replace("``", "`") or model.__name__
+
+
+def _message_types(schema: dict[str, Any]) -> list[str]:
+    kind = schema.get("properties", {}).get("type", {})
+    if "const" in kind:
+        return [kind["const"]]
+    return list(kind.get("enum", []))
+
+
+def asyncapi_document(server_url: str = "localhost:8000", protocol: str = "ws") -> dict[str, Any]:
+    clients, servers = client_models(), server_models()
+    # Client frames as the server validates them, server frames as it sends them.
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in clients),
+        *((m, "serialization") for m in servers),
+    ]
+    refs, top = models_json_schema(pairs, ref_template=REF_TEMPLATE)
+    schemas: dict[str, Any] = top.get("$defs", {})
+
+    messages: dict[str, Any] = {}
+    publish: list[dict[str, str]] = []
+    subscribe: list[dict[str, str]] = []
+    for model, mode in pairs:
+        ref = refs[(model, mode)]["$ref"]
+        name = ("client." if mode == "validation" else "server.") + model.__name__
+        schema = schemas[ref.rsplit("/", 1)[1]]
+        messages[name] = {
+            "name": name,
+            "title": ", ".join(_message_types(schema)) or model.__name__,
+            "summary": _summary(model),
+            "contentType": "application/json",
+            "payload": {"$ref": ref},
+        }
+        (publish if mode == "validation" else subscribe).append(
+            {"$ref": f"#/components/messages/{name}"}
+        )
+
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "id": "urn:second-brain-database:signaling",
+        "info": {
+            "title": "Second Brain Database signaling",
+            "version": "1",
+            "description": (
+                "Room-based WebRTC signaling over one WebSocket per peer. Every frame is a "
+                "JSON object in a text frame with a `type`. Generated from the server's "
+                "Pydantic models; see docs/protocol.md for the rules around them."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {"signaling": {"url": server_url, "protocol": protocol}},
+        "channels": {
+            CHANNEL: {
+                "description": "A peer's session in room `room_id`.",
+                "parameters": {
+                    "room_id": {"schema": {"type": "string", "pattern": ROOM_ID_PATTERN}}
+                },
+                "bindings": {
+                    "ws": {
+                        "bindingVersion": "0.1.0",
+                        "query": {
+                            "type": "object",
+                            "properties": {
+                                "token": {"type": "string", "description": "access token (JWT)"},
+                                "ticket": {
+                                    "type": "string",
+                                    "description": "single-use ticket, in place of token",
+                                },
+                                "resume": {
+                                    "type": "string",
+                                    "description": "resume_token of an earlier welcome",
+                                },
+                            },
+                        },
+                    }
+                },
+                "publish": {
+                    "operationId": "clientSends",
+                    "summary": "Frames a client sends.",
+                    "message": {"oneOf": publish},
+                },
+                "subscribe": {
+                    "operationId": "clientReceives",
+                    "summary": "Frames the server sends; `welcome` is always first.",
+                    "message": {"oneOf": subscribe},
+                },
+                "x-close-codes": close_codes(),
+            }
+        },
+        "components": {"schemas": schemas, "messages": messages},
+    }
+
+
+router = APIRouter(tags=["protocol"])
+
+
+@router.get("/asyncapi.json", summary="The WebSocket protocol as an AsyncAPI 2.6 document")
+async def asyncapi(request: Request) -> dict[str, Any]:
+    secure = request.url.scheme == "https"
+    return asyncapi_document(request.url.netloc, "wss" if secure else "ws")

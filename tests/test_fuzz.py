@@ -1,0 +1,387 @@
+"""Property-based fuzzing of a live server (Redis broker, `sbd serve`).
+
+Hypothesis throws arbitrary JSON, message-shaped objects with wrong types,
+huge, deep and unicode-laden payloads, non-JSON text and binary frames at one
+peer of a room, while two bystanders in the same room keep exchanging
+numbered messages. For every frame:
+
+- the server's answer is exactly what the protocol promises, judged by an
+  oracle (the project's own parser plus the contract's rules): the same
+  ``error`` the parser gives, a ``pong``, nothing for a valid relay, or a
+  contract close code (1000 after ``leave``, 1009 past the size limit);
+- no error text carries a trace or an exception name;
+
+and throughout, the bystanders receive each other's messages in order with
+no stall, and the server logs no traceback.
+
+``SBD_FUZZ_EXAMPLES=5000`` makes a longer, randomized local run; the default
+(300 examples, derandomized: CI runs the same inputs every time) keeps the
+module around 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter
+from websockets.exceptions import ConnectionClosed
+
+from second_brain_database.webrtc.schemas import (
+    SERVER_ONLY_TYPES,
+    ClientMessageType,
+    ErrorCode,
+    KickMessage,
+    LeaveMessage,
+    PingMessage,
+    ProtocolError,
+    RefreshMessage,
+    ServerMessage,
+    parse_client_frame,
+)
+from tests.peers import Peer
+from tests.servers import RedisServer, SbdServer
+
+MAX_BYTES = 16384
+EXAMPLES = int(os.environ.get("SBD_FUZZ_EXAMPLES", "300"))
+# CI runs the same inputs every time; a longer local run explores new ones.
+DERANDOMIZE = "SBD_FUZZ_EXAMPLES" not in os.environ
+ROOM = "fuzz-room"
+SELF, BYSTANDER = "<self>", "<bystander>"
+# Words that only a leaked exception would put into an error message.
+LEAK_MARKERS = ("Traceback", 'File "', "Exception", "orjson", "pydantic_core", "site-packages")
+
+server_frame: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(redis_server: RedisServer, artifacts_dir: Path) -> Iterator[SbdServer]:
+    env = {
+        "SBD_REDIS_URL": redis_server.url,
+        "SBD_MAX_MESSAGE_BYTES": str(MAX_BYTES),
+        # The fuzzer sends as fast as it can: rate limits are tested elsewhere.
+        "SBD_RATE_LIMIT_PER_S": "100000",
+        "SBD_RATE_LIMIT_BURST": "100000",
+        "SBD_HANDSHAKE_RATE_PER_S": "0",
+        "SBD_RESUME_TTL": "0",
+    }
+    server = SbdServer(env, log_dir=artifacts_dir).start()
+    yield server
+    server.stop()
+
+
+# --- the bystanders -------------------------------------------------------------
+
+
+@dataclass
+class Bystander:
+    peer: Peer
+    partner: str = ""
+    received: list[int] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+
+    async def read(self, fuzzer_ids: set[str]) -> None:
+        with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
+            while True:
+                raw = await self.peer.ws.recv()
+                try:
+                    frame = orjson.loads(raw)
+                    server_frame.validate_python(frame)
+                except ValueError as exc:
+                    self.bad.append(f"invalid frame {raw[:200]!r}: {exc}")
+                    continue
+                if frame["type"] == "app" and frame["from"] == self.partner:
+                    self.received.append(frame["payload"]["seq"])
+                    self.stamps.append(time.monotonic())
+                elif frame["type"] in ("user-joined", "user-left"):
+                    continue
+                elif frame.get("from_user") != "fuzzer" or frame.get("from") not in fuzzer_ids:
+                    self.bad.append(f"unexpected frame {raw[:200]!r}")
+
+    async def talk(self, sent: list[int]) -> None:
+        for seq in range(1_000_000):
+            await self.peer.send({"type": "app", "to": self.partner, "payload": {"seq": seq}})
+            sent.append(seq)
+            await asyncio.sleep(0.01)
+
+
+@dataclass(repr=False)
+class Room:
+    server: SbdServer
+    fuzzer: Peer
+    fuzzer_ids: set[str]
+    bystanders: tuple[Bystander, Bystander]
+    sent: tuple[list[int], list[int]]
+    examples: int = 0
+    closes: dict[int, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # hypothesis prints it with each failing example
+        return f"Room({ROOM!r}, {self.examples} examples)"
+
+    async def rejoin(self) -> None:
+        self.fuzzer = await Peer.join(self.server.ws_url, ROOM, user="fuzzer")
+        self.fuzzer_ids.add(self.fuzzer.peer_id)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def room(fuzz_server: SbdServer) -> AsyncIterator[Room]:
+    b = Bystander(await Peer.join(fuzz_server.ws_url, ROOM, user="bystander-b"))
+    c = Bystander(await Peer.join(fuzz_server.ws_url, ROOM, user="bystander-c"))
+    b.partner, c.partner = c.peer.peer_id, b.peer.peer_id
+    fuzzer = await Peer.join(fuzz_server.ws_url, ROOM, user="fuzzer")
+    ids = {fuzzer.peer_id}
+    sent: tuple[list[int], list[int]] = ([], [])
+    tasks = [
+        asyncio.create_task(b.read(ids)),
+        asyncio.create_task(c.read(ids)),
+        asyncio.create_task(b.talk(sent[0])),
+        asyncio.create_task(c.talk(sent[1])),
+    ]
+    yield Room(fuzz_server, fuzzer, ids, (b, c), sent)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- what to throw --------------------------------------------------------------
+
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=24)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text
+)
+json_values = st.recursive(
+    scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(text, kids, max_size=4),
+    max_leaves=12,
+)
+targets = st.sampled_from([SELF, BYSTANDER, None, "nobody-here"]) | text | json_values
+kinds = st.sampled_from([*ClientMessageType, *SERVER_ONLY_TYPES]) | text | json_values
+sdp_payloads = st.fixed_dictionaries(
+    {"type": st.sampled_from(["offer", "answer", "pranswer", "rollback"]) | json_values},
+    optional={"sdp": st.sampled_from(["", "v=0\r\n"]) | text | json_values},
+)
+candidate_payloads = st.fixed_dictionaries(
+    {"candidate": st.sampled_from(["", "candidate:1 1 udp 1 192.0.2.1 9 typ host"]) | json_values},
+    optional={
+        "sdpMid": text | json_values,
+        "sdpMLineIndex": st.integers(min_value=-5, max_value=70000) | json_values,
+        "usernameFragment": text,
+        "extra": json_values,
+    },
+)
+media_payloads = st.dictionaries(
+    st.sampled_from(["audio", "video", "screen", "other"]), json_values | st.booleans(), max_size=3
+)
+payloads = (
+    json_values
+    | sdp_payloads
+    | candidate_payloads
+    | media_payloads
+    | st.fixed_dictionaries({"token": text | json_values})
+    | st.fixed_dictionaries({"peer_id": targets})
+)
+messages = st.fixed_dictionaries(
+    {"type": kinds},
+    optional={
+        "to": targets,
+        "payload": payloads,
+        "id": text | json_values,
+        "from": text,
+        "from_user": text,
+    },
+)
+wide_chars = st.sampled_from(["x", "é", "€", "😀", "\u202e", "\x00", "\ufeff"])
+
+
+def _sized(args: tuple[int, str]) -> str:
+    """An app frame of about ``size`` UTF-8 bytes, made of one character."""
+    size, char = args
+    count = max((size - 40) // len(char.encode()), 0)
+    return json.dumps({"type": "app", "payload": char * count}, ensure_ascii=False)
+
+
+def _deep(args: tuple[int, bool]) -> str:
+    depth, objects = args
+    opening, closing = ('{"a":', "}") if objects else ("[", "]")
+    return '{"type":"app","payload":' + opening * depth + "1" + closing * depth + "}"
+
+
+frames = st.one_of(
+    messages,
+    json_values,
+    st.text(max_size=64).filter(lambda s: not _is_surrogate_text(s)),
+    st.binary(max_size=64),
+    st.tuples(st.integers(MAX_BYTES - 64, MAX_BYTES + 64), wide_chars).map(_sized),
+    st.tuples(st.integers(1, 1100), st.booleans()).map(_deep),
+)
+
+
+def _is_surrogate_text(value: str) -> bool:
+    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in value)
+
+
+# --- the oracle -----------------------------------------------------------------
+
+
+def _substitute(value: Any, me: str, other: str) -> Any:
+    if value == SELF:
+        return me
+    if value == BYSTANDER:
+        return other
+    if isinstance(value, dict):
+        return {k: _substitute(v, me, other) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, me, other) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Expected:
+    replies: tuple[dict[str, Any], ...] = ()
+    close: int | None = None
+    # For a valid relay the server decides whether the target exists.
+    either_unknown_peer: bool = False
+
+
+def oracle(frame: str | bytes, me: str, bystanders: set[str]) -> Expected:
+    if isinstance(frame, bytes):
+        return Expected((_error(ErrorCode.INVALID_MESSAGE),))
+    if len(frame.encode()) > MAX_BYTES:
+        return Expected(close=1009)
+    try:
+        message = parse_client_frame(frame)
+    except ProtocolError as error:
+        return Expected((orjson.loads(error.frame()),))
+    if isinstance(message, PingMessage):
+        return Expected(({"type": "pong"},))
+    if isinstance(message, LeaveMessage):
+        return Expected(close=1000)
+    if isinstance(message, KickMessage | RefreshMessage):
+        return Expected((_error(ErrorCode.FORBIDDEN),))
+    to = getattr(message, "to", None)
+    if to == me:
+        return Expected((_error(ErrorCode.INVALID_MESSAGE),))
+    if to is None or to in bystanders:
+        return Expected()
+    return Expected((_error(ErrorCode.UNKNOWN_PEER),))
+
+
+def _error(code: ErrorCode) -> dict[str, Any]:
+    return {"type": "error", "payload": {"code": code.value}}
+
+
+def _matches(expected: dict[str, Any], got: dict[str, Any]) -> bool:
+    if expected["type"] != got["type"]:
+        return False
+    if expected["type"] != "error":
+        return expected == got
+    want, have = expected["payload"], got["payload"]
+    return all(have.get(key) == value for key, value in want.items())
+
+
+def assert_no_leak(frame: dict[str, Any]) -> None:
+    if frame["type"] == "error":
+        message = frame["payload"]["message"]
+        assert not any(marker in message for marker in LEAK_MARKERS), message
+        assert len(message) <= 200
+
+
+# --- the properties -------------------------------------------------------------
+
+
+async def throw(room: Room, frame: str | bytes) -> None:
+    if room.fuzzer.ws.close_code is not None:  # an earlier example failed midway
+        await room.rejoin()
+    me = room.fuzzer.peer_id
+    bystanders = {b.peer.peer_id for b in room.bystanders}
+    if isinstance(frame, str):
+        frame = _substitute_text(frame, me, next(iter(bystanders)))
+    expected = oracle(frame, me, bystanders)
+    room.examples += 1
+    sentinel = f"sentinel-{room.examples}"
+    replies: list[dict[str, Any]] = []
+    try:
+        await room.fuzzer.send(frame)
+        if expected.close is None:
+            await room.fuzzer.send({"type": "bogus", "id": sentinel})
+        while True:
+            reply = await room.fuzzer.recv()
+            server_frame.validate_python(reply)
+            assert_no_leak(reply)
+            if reply["type"] == "error" and reply["payload"].get("ref") == sentinel:
+                break
+            if reply["type"] == "user-left" and reply["payload"]["peer_id"] in room.fuzzer_ids:
+                continue  # an earlier fuzzer connection of ours, announced gone late
+            replies.append(reply)
+    except ConnectionClosed:
+        code = room.fuzzer.ws.close_code
+        assert code == expected.close, f"closed {code} after {frame!r:.300}"
+        if code is not None:
+            room.closes[code] = room.closes.get(code, 0) + 1
+        await room.rejoin()
+        return
+    assert expected.close is None, f"still open after {frame!r:.300}"
+    assert len(replies) == len(expected.replies), f"{frame!r:.300} -> {replies}"
+    for want, got in zip(expected.replies, replies, strict=True):
+        assert _matches(want, got), f"{frame!r:.300}: expected {want}, got {got}"
+
+
+def _substitute_text(frame: str, me: str, other: str) -> str:
+    if SELF not in frame and BYSTANDER not in frame:
+        return frame
+    try:
+        value = json.loads(frame)
+    except ValueError:
+        return frame
+    return json.dumps(_substitute(value, me, other), ensure_ascii=False)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=DERANDOMIZE,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(frame=frames)
+async def test_every_frame_gets_its_contract_answer(
+    room: Room, frame: dict[str, Any] | list[Any] | str | bytes | int | float | bool | None
+) -> None:
+    if isinstance(frame, str | bytes):
+        await throw(room, frame)
+    else:
+        await throw(room, json.dumps(frame, ensure_ascii=False))
+
+
+async def test_the_bystanders_kept_talking_and_the_server_kept_quiet(room: Room) -> None:
+    """Runs after the fuzzing (same module, same room)."""
+    assert room.examples >= EXAMPLES // 2
+    await asyncio.sleep(0.3)  # let the last messages land
+    for bystander, sent in zip(room.bystanders, reversed(room.sent), strict=True):
+        assert not bystander.bad, bystander.bad[:5]
+        assert len(bystander.received) >= 100, "the bystanders barely talked"
+        assert bystander.received == list(range(len(bystander.received))), "lost or reordered"
+        assert len(sent) - len(bystander.received) <= 5
+        gaps = [b - a for a, b in itertools.pairwise(bystander.stamps)]
+        assert max(gaps) < 1.0, f"relay stalled for {max(gaps):.2f}s during fuzzing"
+    log = room.server.log()
+    for marker in ("Traceback", "Exception in ASGI application", '"level":"ERROR"', " ERROR "):
+        assert marker not in log, f"server log has {marker!r}"
