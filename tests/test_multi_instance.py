@@ -203,3 +203,19 @@ async def test_peers_of_a_killed_instance_are_reaped(
     async with httpx.AsyncClient(base_url=survivor.base_url, headers=headers) as http:
         body = (await http.get(f"/api/v1/webrtc/rooms/{room}/participants")).json()
     assert [p["peer_id"] for p in body["participants"]] == [a.peer_id]
+
+
+async def test_instances_with_different_presence_ttls_never_reap_each_other(
+    redis_server: RedisServer, sbd_factory: SbdFactory
+) -> None:
+    fast = sbd_factory({"SBD_REDIS_URL": redis_server.url, "SBD_PRESENCE_TTL": "1"})
+    slow = sbd_factory({"SBD_REDIS_URL": redis_server.url, "SBD_PRESENCE_TTL": "30"})
+    room = new_room()
+    a = await Peer.join(slow.ws_url, room, user="alice")
+    b = await Peer.join(fast.ws_url, room, user="bob")
+    await a.expect("user-joined")
+    # The slow instance heartbeats every 10 s; the fast one would have called
+    # it dead after 1 s had it judged by its own TTL.
+    await b.assert_silent(3.5)
+    await b.send(b.offer(a.peer_id))
+    assert (await a.expect("offer"))["from"] == b.peer_id

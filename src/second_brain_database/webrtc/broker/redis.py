@@ -21,10 +21,10 @@ Keys (``R`` a room id, ``I`` an instance id; see docs/architecture.md)::
     sbd:room:{R}:members|owners|media|resume|away   room state (redis_scripts)
     sbd:room:{R}:mbox:<peer>   list, frames for a peer waiting to resume
     sbd:room:{R}:ch            channel of the room's envelopes
-    sbd:instances              zset  instance id -> last heartbeat (ms)
+    sbd:instances              zset  instance id -> when it counts as dead (ms)
     sbd:instance:{I}:peers     set   "room\\npeer\\nuser\\nsession" it serves
     sbd:away                   zset  "room\\npeer\\nuser" -> resume deadline
-    sbd:reap:{I}               string, the reaper's claim on a dead instance
+    sbd:reap:{I}               string, a reaper's claim while it reaps instance I
 """
 
 from __future__ import annotations
@@ -566,6 +566,9 @@ class RedisBroker(Broker):
             await self._leave_as(instance, room_id, member, owner)
         await self._redis.delete(instance_peers_key(instance))
         await self._redis.zrem(INSTANCES_KEY, instance)
+        # The claim only keeps reapers from racing; should the instance come
+        # back and die again, it must be reapable at once.
+        await self._redis.delete(claim)
         logger.warning("reaped instance %s: %d peers", instance, len(entries))
 
     async def _expire_forever(self) -> None:

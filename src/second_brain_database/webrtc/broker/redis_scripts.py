@@ -258,14 +258,15 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """
 
 # KEYS: instances; ARGV: instance id, presence_ttl_ms
-# Scores come from the Redis clock, so instance clocks may disagree.
-# -> ids of instances whose last heartbeat is older than the TTL
+# Each instance scores itself with the moment it counts as dead (its own TTL
+# from now, by the Redis clock), so instances with different TTLs or clocks
+# never misjudge each other. -> ids of instances past that moment
 HEARTBEAT = (
     _LIB
     + """
 local now = now_ms()
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 """
 )
 
