@@ -242,6 +242,10 @@ def sbd_env(redis_url: str | None = None, src: str | None = None, **extra: str) 
         # Closed-loop pairs send far faster than a browser: lift the per-connection limit.
         "SBD_RATE_LIMIT_PER_S": "1000000",
         "SBD_RATE_LIMIT_BURST": "1000000",
+        # Every client comes from 127.0.0.1 and the bench reuses 8 users: turn the
+        # per-address handshake limit and the per-user connection cap off (0).
+        "SBD_HANDSHAKE_RATE_PER_S": "0",
+        "SBD_MAX_CONNECTIONS_PER_USER": "0",
         "SBD_MAX_PEERS_PER_ROOM": "64",
         "SBD_DATABASE_PATH": str(Path(tempfile.gettempdir()) / "sbd-bench.sqlite3"),
         "SBD_LOG_LEVEL": "WARNING",

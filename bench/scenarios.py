@@ -145,6 +145,19 @@ def start_server(name: str) -> Proc:
     raise ValueError(name)
 
 
+def start_servers(names: list[str]) -> dict[str, Proc]:
+    """Start every server of a scenario; on a failure, stop those already started."""
+    started: dict[str, Proc] = {}
+    try:
+        for name in names:
+            started[name] = start_server(name)
+    except BaseException:
+        for proc in started.values():
+            proc.stop()
+        raise
+    return started
+
+
 def _best(rounds: list[dict[str, Any]], key: str, lower: bool = False) -> dict[str, Any]:
     """The least-disturbed of interleaved rounds (the machine is shared), all rounds kept."""
     valid = [r for r in rounds if r.get(key) is not None]
@@ -172,7 +185,7 @@ def relay(p: Params, servers: list[str], tokens: list[str], sweep: bool = True) 
         "servers": {},
         "sweep": {},
     }
-    started = {name: start_server(name) for name in servers}
+    started = start_servers(servers)
     with procs.running(*started.values()):
         rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in servers}
         for r in range(p.rounds):
@@ -270,15 +283,13 @@ def relay_two_instances(p: Params, servers: list[str], tokens: list[str]) -> dic
             for name in servers:
                 if dialect(name) == OURS:
                     src = VARIANTS.get(name.partition(":")[2])
-                    clusters[name] = [
-                        procs.start_sbd(url, name=f"{name}-1", src=src),
-                        procs.start_sbd(url, name=f"{name}-2", src=src),
-                    ]
+                    clusters[name] = []  # filled one by one: stopped in `finally`
+                    for i in (1, 2):
+                        clusters[name].append(procs.start_sbd(url, name=f"{name}-{i}", src=src))
                 else:
-                    clusters[name] = [
-                        procs.start_socketio(url, "socketio-1"),
-                        procs.start_socketio(url, "socketio-2"),
-                    ]
+                    clusters[name] = []
+                    for i in (1, 2):
+                        clusters[name].append(procs.start_socketio(url, f"socketio-{i}"))
             conns: dict[str, dict[str, Any]] = {n: {} for n in servers}
 
             def count_conns(name: str, label: str) -> None:
@@ -380,7 +391,7 @@ def fanout(p: Params, servers: list[str], tokens: list[str]) -> dict[str, Any]:
         },
         "servers": {},
     }
-    started = {name: start_server(name) for name in servers}
+    started = start_servers(servers)
     with procs.running(*started.values()):
         rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in servers}
         for rnd in range(p.rounds_other):
@@ -431,7 +442,7 @@ def join_storm(p: Params, servers: list[str], tokens: list[str]) -> dict[str, An
         },
         "servers": {},
     }
-    started = {name: start_server(name) for name in servers}
+    started = start_servers(servers)
     with procs.running(*started.values()):
         phases = (
             ("paced", {"joins": p.joins, "join_rate": p.join_rate}, "p99_ms", True),

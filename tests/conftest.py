@@ -35,6 +35,9 @@ def redis_server() -> Iterator[RedisServer]:
 SbdFactory = Callable[..., SbdServer]
 # Short enough that tests can watch a resume window run out.
 RESUME_TTL = 2.0
+# Servers shared by many tests see one user and one address open hundreds of
+# connections; the limits on those have tests of their own (test_abuse_limits).
+SHARED_SERVER_ENV = {"SBD_MAX_CONNECTIONS_PER_USER": "0", "SBD_HANDSHAKE_RATE_PER_S": "0"}
 
 
 @pytest.fixture
@@ -56,6 +59,7 @@ def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
 @pytest.fixture(scope="session", params=["memory", "redis"])
 def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
     env = {
+        **SHARED_SERVER_ENV,
         "SBD_MAX_PEERS_PER_ROOM": "4",
         "SBD_MAX_MESSAGE_BYTES": "16384",
         "SBD_RESUME_TTL": str(RESUME_TTL),
@@ -73,6 +77,7 @@ def cluster(
     redis_server: RedisServer, artifacts_dir: Path
 ) -> Iterator[tuple[SbdServer, SbdServer]]:
     env = {
+        **SHARED_SERVER_ENV,
         "SBD_REDIS_URL": redis_server.url,
         "SBD_PRESENCE_TTL": "2",
         "SBD_RESUME_TTL": str(RESUME_TTL),

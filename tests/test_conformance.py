@@ -44,11 +44,12 @@ UVICORN_UTF8_LOG = "Invalid UTF-8 sequence received from client."
 def prod(artifacts_dir: Path) -> Iterator[SbdServer]:
     server = SbdServer({}, log_dir=artifacts_dir).start()  # production defaults
     yield server
-    # No violation may crash the app. uvicorn itself logs one traceback per
-    # invalid UTF-8 message (then closes 1007 correctly): those are the only
-    # ones allowed (docs/conformance.md, "Deviations").
+    # No violation may crash the app or write a traceback. uvicorn reports an
+    # invalid UTF-8 message with one (then closes 1007 correctly); logging
+    # turns that into a single WARNING line (docs/conformance.md).
     log = server.log()
-    assert log.count("Traceback") == log.count(UVICORN_UTF8_LOG), "a violation crashed the app"
+    assert "Traceback" not in log, "a violation crashed the app or logged a trace"
+    assert UVICORN_UTF8_LOG in log
     server.stop()
 
 

@@ -214,3 +214,21 @@ async def test_a_connection_that_sends_nothing_useful_is_closed_idle(
     assert (await silent.expect_close())[0] == 4408
     assert [m["type"] for m in others] == ["user-left"]
     assert others[0]["payload"]["peer_id"] == silent.peer_id
+
+
+async def test_password_guessing_is_throttled(sbd_factory: SbdFactory) -> None:
+    server = sbd_factory({"SBD_LOGIN_ATTEMPTS_PER_MINUTE": "5"})
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        statuses = [
+            (await http.post(
+                "/api/v1/auth/token", data={"username": "victim", "password": f"guess-{i}"}
+            )).status_code
+            for i in range(8)
+        ]  # fmt: skip
+        other_user = await http.post(
+            "/api/v1/auth/token", data={"username": "someone", "password": "whatever1"}
+        )
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[5:]) == {429}
+    # Same address: its bucket is empty too.
+    assert other_user.status_code == 429

@@ -12,9 +12,11 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from pydantic import ValidationError
@@ -26,7 +28,9 @@ from second_brain_database.auth.tokens import (
     UnknownSigningKey,
 )
 from second_brain_database.config import Settings
+from tests.conftest import SbdFactory
 from tests.keys import JwksServer, KeyPair, claims, ec_key, jwks_server, rsa_key
+from tests.peers import Peer
 from tests.servers import TEST_SECRET
 
 RSA = rsa_key("rsa-1")
@@ -142,16 +146,17 @@ def test_an_overlong_token_is_refused_before_parsing() -> None:
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
-        ({"sub": "a"}, "missing exp"),
-        ({"exp": int(time.time()) + 60}, "missing sub"),
-        (claims(ttl=-30), "token expired"),
-        (claims(nbf=int(time.time()) + 60), "not yet valid"),
-        (claims(iat=int(time.time()) + 60), "not yet valid"),
-        (claims(aud="another-service"), "wrong audience"),  # no audience configured
+        (lambda: {"sub": "a"}, "missing exp"),
+        (lambda: {"exp": int(time.time()) + 60}, "missing sub"),
+        (lambda: claims(ttl=-30), "token expired"),
+        (lambda: claims(nbf=int(time.time()) + 60), "not yet valid"),
+        (lambda: claims(iat=int(time.time()) + 60), "not yet valid"),
+        (lambda: claims(aud="another-service"), "wrong audience"),  # no audience configured
     ],
 )
-def test_claim_rejections(body: dict[str, Any], detail: str) -> None:
-    token = jwt.encode(body, TEST_SECRET, algorithm="HS256")
+def test_claim_rejections(body: Callable[[], dict[str, Any]], detail: str) -> None:
+    # Claims are made when the test runs, not when it is collected.
+    token = jwt.encode(body(), TEST_SECRET, algorithm="HS256")
     assert refused(service(), token).detail == detail
 
 
@@ -332,3 +337,42 @@ def test_jwks_parsing_keeps_only_asymmetric_signature_keys() -> None:
     assert set(parse_jwks(json.dumps(document).encode())) == {"rsa-1"}
     with pytest.raises(ValueError):
         parse_jwks(b'{"no": "keys"}')
+
+
+# --- end to end: `sbd serve` trusting an external issuer ------------------------
+
+
+async def test_a_server_verifying_an_external_issuer(sbd_factory: SbdFactory) -> None:
+    """RS256 through a JWKS and ES256 through a PEM key, on the WebSocket and
+    REST paths; no shared secret accepted, no password login offered."""
+    with jwks_server() as jwks:
+        jwks.publish(RSA)
+        server = sbd_factory(
+            {
+                "SBD_JWT_ALGORITHMS": "RS256,ES256",
+                "SBD_JWT_JWKS_URL": jwks.url,
+                "SBD_JWT_PUBLIC_KEY": EC.public_pem.replace("\n", "\\n"),
+                "SBD_JWT_ISSUER": "https://idp.example",
+                "SBD_JWT_JWKS_MIN_REFRESH_S": "0",  # the rotation below is immediate
+            }
+        )
+        assert jwks.requests == 1  # fetched at startup
+        good = claims("erin", iss="https://idp.example")
+        peer = await Peer.join(server.ws_url, "idp-room", RSA.sign("RS256", good))
+        assert peer.welcome["payload"]["user_id"] == "erin"
+        await Peer.join(server.ws_url, "idp-room", EC.sign("ES256", good))
+        rotated = rsa_key("rsa-rotated")
+        jwks.publish(RSA, rotated)
+        await Peer.join(server.ws_url, "idp-room", rotated.sign("RS256", good))
+        for bad in (
+            jwt.encode(good, TEST_SECRET, algorithm="HS256"),  # the suite's shared secret
+            hs256(good, RSA.public_pem.encode()),  # key confusion
+            RSA.sign("RS256", claims("erin")),  # no iss
+        ):
+            refused = await Peer.connect(server.ws_url, "idp-room", bad)
+            assert (await refused.expect_close())[0] == 4003
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            auth = {"Authorization": f"Bearer {rotated.sign('RS256', good)}"}
+            assert (await http.get("/api/v1/webrtc/config", headers=auth)).status_code == 200
+            login = await http.post("/api/v1/auth/token", data={"username": "a", "password": "b"})
+            assert login.status_code == 404

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     jwt_jwks_cache_s: float = Field(default=300, gt=0)
     jwt_jwks_min_refresh_s: float = Field(default=10, ge=0)
     access_token_ttl: int = Field(default=3600, gt=0)
+    # Password attempts per minute, per client address and per username.
+    login_attempts_per_minute: float = Field(default=10, gt=0)
 
     redis_url: str | None = None
 

@@ -91,6 +91,21 @@ class RedactCredentials(logging.Filter):
         return True
 
 
+# uvicorn logs these with a traceback at ERROR for every offending frame, so a
+# client could flood the log; the server closes such connections (1007) anyway.
+_CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+
+
+class QuietClientFaults(logging.Filter):
+    """A client's malformed frame is one WARNING line, not an ERROR trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in _CLIENT_FAULTS:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _as_tuple(args: Any) -> tuple[Any, ...]:
     return args if isinstance(args, tuple) else (args,)
 
@@ -209,14 +224,18 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": RedactCredentials}, "context": {"()": AddContext}},
+        "filters": {
+            "redact": {"()": RedactCredentials},
+            "context": {"()": AddContext},
+            "client_faults": {"()": QuietClientFaults},
+        },
         "formatters": {"default": {"()": formatter}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
                 # Handler filters see records propagated from every logger.
-                "filters": ["redact", "context"],
+                "filters": ["client_faults", "redact", "context"],
                 "stream": "ext://sys.stderr",
             }
         },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
@@ -23,12 +23,20 @@ class AccessToken(BaseModel):
 
 @router.post("/api/v1/auth/token", response_model=AccessToken)
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], service: Service
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], service: Service, request: Request
 ) -> AccessToken:
     """Exchange a username and password for a short-lived access token."""
     if not service.tokens.can_issue:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, "password login is off: tokens come from an external issuer"
+        )
+    client = request.client.host if request.client else None
+    if not service.login_throttle.allow(client, form.username):
+        metrics.AUTH_FAILURES.labels(reason="login throttled").inc()
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many login attempts; wait a minute",
+            headers={"Retry-After": "60"},
         )
     # argon2 and SQLite block: keep them off the event loop that relays signaling.
     identity = await run_in_threadpool(service.users.authenticate, form.username, form.password)

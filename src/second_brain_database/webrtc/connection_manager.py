@@ -509,13 +509,13 @@ class ConnectionManager:
         elif isinstance(message, LeaveMessage):
             raise session.finish(CloseCode.NORMAL, "left")
         elif isinstance(message, RefreshMessage):
-            self._refresh(session, message)
+            await self._refresh(session, message)
         elif isinstance(message, KickMessage):
             await self._kick(session, message)
 
-    def _refresh(self, session: Session, message: RefreshMessage) -> None:
+    async def _refresh(self, session: Session, message: RefreshMessage) -> None:
         try:
-            principal = self.tokens.verify(message.payload.token)
+            principal = await self.tokens.verify_async(message.payload.token)
         except InvalidToken as exc:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"refresh refused: {exc.reason}", message.id

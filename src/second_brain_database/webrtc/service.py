@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
+from second_brain_database.auth.throttle import LoginThrottle
 from second_brain_database.auth.tokens import TokenService
 from second_brain_database.auth.users import UserStore
 from second_brain_database.config import Settings, get_settings
@@ -33,6 +34,7 @@ class SignalingService:
     broker: Broker
     manager: ConnectionManager
     admission: Admission
+    login_throttle: LoginThrottle
     draining: bool = False
 
     @classmethod
@@ -46,6 +48,7 @@ class SignalingService:
             broker=broker,
             manager=ConnectionManager(broker, tokens, settings),
             admission=Admission.build(settings),
+            login_throttle=LoginThrottle(settings.login_attempts_per_minute),
         )
 
     async def start(self) -> None:
