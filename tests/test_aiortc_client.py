@@ -104,6 +104,19 @@ async def test_messages_are_typed_and_relayed_across_instances(cluster: Cluster)
         await bob.leave()
 
 
+async def test_the_client_connects_with_a_ticket_not_its_token(cluster: Cluster) -> None:
+    one, _ = cluster
+    room = new_room()
+    client = SignalingClient(one.base_url, room, make_token("tess"))
+    try:
+        await asyncio.wait_for(client.connect(), 10)
+    finally:
+        await client.leave()
+    handshakes = [line for line in one.log().splitlines() if f"/ws/webrtc/{room}?" in line]
+    assert handshakes, "no handshake logged"
+    assert all("?ticket=" in line and "token=" not in line for line in handshakes), handshakes
+
+
 async def test_bad_token_is_fatal_not_retried(cluster: Cluster) -> None:
     one, _ = cluster
     client = SignalingClient(one.base_url, new_room(), make_token("eve", secret="x" * 40))

@@ -78,6 +78,13 @@ async def test_two_instances_video_chat_and_media_state(
     await bob.click("#leave-btn")
     await alice.wait_for_selector(bob_tile, state="detached", timeout=5_000)
 
+    # The SDK connected with single-use tickets: no token in any WebSocket URL.
+    for instance in (one, two):
+        log = instance.log().splitlines()
+        handshakes = [line for line in log if f"/ws/webrtc/{room}?" in line]
+        assert handshakes
+        assert all("?ticket=" in line and "token=" not in line for line in handshakes)
+
 
 async def test_three_pages_mesh(cluster: Cluster, new_page: NewPage) -> None:
     one, two = cluster

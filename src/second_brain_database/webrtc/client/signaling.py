@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import orjson
 import websockets
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -60,6 +61,10 @@ def parse_server_frame(frame: str | bytes) -> ServerEvent:
     return _server_event.validate_python(orjson.loads(frame))
 
 
+class TicketRefused(Exception):
+    """The server would not give this token a ticket for the room."""
+
+
 class SignalingClosed(Exception):
     """The session ended and will not come back (``code`` is the close code)."""
 
@@ -86,8 +91,11 @@ class SignalingClient:
         initial_delay: float = 0.2,
         max_delay: float = 5.0,
         open_timeout: float = 5.0,
+        use_tickets: bool = True,
     ) -> None:
         self.ws_base = _ws_origin(base_url)
+        self.http_base = self.ws_base.replace("ws", "http", 1)
+        self.use_tickets = use_tickets
         self.room = room
         self.token = token
         self.reconnect = reconnect
@@ -282,9 +290,32 @@ class SignalingClient:
             self.reconnects += 1
             await asyncio.sleep(self._delay(attempts, code))
 
+    async def _credential(self) -> dict[str, str]:
+        """``ticket=`` for this connection (the token stays out of the URL),
+        or ``token=`` where the server has no ticket endpoint."""
+        if not self.use_tickets:
+            return {"token": self.token}
+        async with httpx.AsyncClient(base_url=self.http_base, timeout=self.open_timeout) as http:
+            response = await http.post(
+                "/api/v1/webrtc/ticket",
+                json={"room_id": self.room},
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
+        if response.status_code == 404:
+            return {"token": self.token}
+        if response.status_code in (401, 403):
+            raise TicketRefused(response.json().get("detail", "token refused"))
+        response.raise_for_status()
+        return {"ticket": response.json()["ticket"]}
+
     async def _session(self) -> tuple[int, str, bool]:
         """One WebSocket connection; returns (close code, reason, welcomed)."""
-        params = {"token": self.token}
+        try:
+            params = await self._credential()
+        except TicketRefused as refused:
+            return CloseCode.UNAUTHORIZED, str(refused), False
+        except httpx.HTTPError as exc:
+            return ABNORMAL_CLOSURE, f"ticket request failed: {exc}", False
         if self.resume_token is not None:
             params["resume"] = self.resume_token
         url = f"{self.ws_base}/ws/webrtc/{self.room}?{urlencode(params)}"

@@ -52,6 +52,9 @@ const OUTBOX_LIMIT = 512;
  * @property {() => Promise<string>} [tokenProvider] returns a fresh token; called before expiry
  * @property {ReconnectOptions} [reconnect]
  * @property {number} [pingIntervalMs] keep-alive period (default 20000)
+ * @property {boolean} [useTickets] connect with a single-use ticket rather than
+ *   the token in the URL (default true; falls back to the token on servers
+ *   without the ticket endpoint)
  * @property {number} [pongTimeoutMs] a silent server is declared dead after this (default 10000)
  * @property {string} [dataChannelLabel] label of the per-peer data channel (default "sbd")
  * @property {boolean} [leaveOnUnload] send `leave` when the page goes away (default true)
@@ -113,6 +116,31 @@ export async function fetchRtcConfig(baseUrl, token) {
   return response.json();
 }
 
+/**
+ * A single-use, 30-second ticket for one room's WebSocket, so that the token
+ * never appears in a URL (proxies log URLs). Null when the server has no
+ * ticket endpoint: connect with the token then.
+ * @param {string} baseUrl server origin; "" for this page's
+ * @param {string} token
+ * @param {string} room
+ * @returns {Promise<string | null>}
+ */
+export async function fetchTicket(baseUrl, token, room) {
+  const response = await fetch(`${baseUrl}/api/v1/webrtc/ticket`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ room_id: room }),
+  });
+  if (response.status === 404) return null;
+  if (response.status === 401 || response.status === 403) {
+    throw new SignalingError("unauthorized", "The token was refused by the server.");
+  }
+  if (!response.ok) {
+    throw new SignalingError("http_error", `Requesting a ticket failed: HTTP ${response.status}.`);
+  }
+  return (await response.json()).ticket;
+}
+
 /** A call in one room: signaling connection plus a mesh of peer connections. */
 export class SignalingClient extends EventTarget {
   /** @param {SignalingClientOptions} options */
@@ -147,6 +175,7 @@ export class SignalingClient extends EventTarget {
       pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
       dataChannelLabel: options.dataChannelLabel ?? "sbd",
       leaveOnUnload: options.leaveOnUnload ?? true,
+      useTickets: options.useTickets ?? true,
     };
     this._tokenProvider = options.tokenProvider ?? null;
     /** @type {WebSocket | null} */
@@ -291,9 +320,24 @@ export class SignalingClient extends EventTarget {
 
   // --- the WebSocket -------------------------------------------------------
 
-  _connect() {
+  async _connect() {
     const base = this.baseUrl.replace(/^http/, "ws");
-    const params = new URLSearchParams({ token: this.token });
+    /** @type {string | null} */
+    let ticket = null;
+    if (this._options.useTickets) {
+      try {
+        ticket = await fetchTicket(this.baseUrl, this.token, this.room);
+      } catch (error) {
+        if (this.status === "closed") return;
+        // A refused token ends the session as a 4003 close would; anything
+        // else (network, 5xx) is a failed attempt worth retrying.
+        const refused = error instanceof SignalingError && error.code === "unauthorized";
+        this._onClose(refused ? 4003 : 1006, String(error?.message ?? error), false);
+        return;
+      }
+      if (this.status === "closed") return;
+    }
+    const params = new URLSearchParams(ticket ? { ticket } : { token: this.token });
     if (this._resumeToken) params.set("resume", this._resumeToken);
     const ws = new WebSocket(`${base}/ws/webrtc/${encodeURIComponent(this.room)}?${params}`);
     const resuming = this._resumeToken !== null;
