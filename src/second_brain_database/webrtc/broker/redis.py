@@ -66,6 +66,7 @@ from second_brain_database.webrtc.broker.base import (
     secret_digest,
 )
 from second_brain_database.webrtc.broker.redis_listener import PubSubListener
+from second_brain_database.webrtc.broker.redis_pipeline import CommandPipeline
 from second_brain_database.webrtc.schemas import Participant
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class RedisBroker(Broker):
         self._local_sessions: dict[str, int] = defaultdict(int)
         self._listeners: dict[str, PubSubListener] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pipeline: CommandPipeline | None = None
         self.cluster = False
 
     def _register_scripts(self) -> dict[str, AsyncScript]:
@@ -138,7 +140,18 @@ class RedisBroker(Broker):
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         try:
+            if self._pipeline is not None:
+                return await self._pipeline.evalsha(self._scripts[script].sha, keys, args)
             return await self._scripts[script](keys=keys, args=args)
+        except RedisError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    async def _command(self, *args: Any) -> Any:
+        """A plain command, on the pipeline when there is one."""
+        try:
+            if self._pipeline is not None:
+                return await self._pipeline.execute(*args)
+            return await self._redis.execute_command(*args)
         except RedisError as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
@@ -162,7 +175,14 @@ class RedisBroker(Broker):
             asyncio.create_task(self._heartbeat_forever(), name="sbd-redis-heartbeat"),
             asyncio.create_task(self._expire_forever(), name="sbd-redis-expirer"),
         ]
-        if not self.cluster:
+        if isinstance(self._redis, Redis):
+            # One connection carries every session's commands. (On a cluster
+            # they go through the cluster client's per-node pools.)
+            self._pipeline = CommandPipeline(
+                self._redis.connection_pool.connection_kwargs,
+                {script.sha: str(script.script) for script in self._scripts.values()},
+            )
+            self._pipeline.start()
             self._listener_for(b"")
 
     async def _is_cluster(self) -> bool:
@@ -186,6 +206,8 @@ class RedisBroker(Broker):
                 await task
         for listener in self._listeners.values():
             await listener.stop()
+        if self._pipeline is not None:
+            await self._pipeline.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(INSTANCES_KEY, self.instance_id)
         await self._redis.aclose()
@@ -280,10 +302,7 @@ class RedisBroker(Broker):
         privileged: bool = False,
     ) -> list[Participant]:
         entry = _instance_entry(room_id, member, owner)
-        try:
-            await self._redis.sadd(instance_peers_key(self.instance_id), entry)
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        await self._command("SADD", instance_peers_key(self.instance_id), entry)
         result = await self._run(
             "JOIN",
             room_keys(room_id),
@@ -300,8 +319,8 @@ class RedisBroker(Broker):
             ],
         )
         if result[0] != 1:
-            with contextlib.suppress(RedisError):
-                await self._redis.srem(instance_peers_key(self.instance_id), entry)
+            with contextlib.suppress(BrokerUnavailable):
+                await self._command("SREM", instance_peers_key(self.instance_id), entry)
             if result[0] == -1:
                 raise RoomFull(room_id)
             raise JoinRefused(LOCKED if result[0] == -2 else NOT_INVITED)
@@ -347,12 +366,8 @@ class RedisBroker(Broker):
         self, room_id: str, member: Member, owner: str, resume_secret: str
     ) -> bool:
         """Put a live local peer back after Redis lost it; True if it was missing."""
-        try:
-            await self._redis.sadd(
-                instance_peers_key(self.instance_id), _instance_entry(room_id, member, owner)
-            )
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        entry = _instance_entry(room_id, member, owner)
+        await self._command("SADD", instance_peers_key(self.instance_id), entry)
         added = await self._run(
             "REREGISTER",
             room_keys(room_id),
@@ -383,9 +398,9 @@ class RedisBroker(Broker):
                 mailbox_prefix(room_id) + member.peer_id,
             ],
         )
-        with contextlib.suppress(RedisError):
-            await self._redis.srem(
-                instance_peers_key(instance), _instance_entry(room_id, member, owner)
+        with contextlib.suppress(BrokerUnavailable):
+            await self._command(
+                "SREM", instance_peers_key(instance), _instance_entry(room_id, member, owner)
             )
         return bool(removed)
 
@@ -401,16 +416,15 @@ class RedisBroker(Broker):
                 Envelope(member.peer_id, "", BARRIER + owner).pack(),
             ],
         )
-        with contextlib.suppress(RedisError):
-            await self._redis.srem(
-                instance_peers_key(self.instance_id), _instance_entry(room_id, member, owner)
+        with contextlib.suppress(BrokerUnavailable):
+            await self._command(
+                "SREM",
+                instance_peers_key(self.instance_id),
+                _instance_entry(room_id, member, owner),
             )
         if not deadline:
             return False
-        try:
-            await self._redis.zadd(AWAY_INDEX_KEY, {_away_entry(room_id, member): deadline})
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        await self._command("ZADD", AWAY_INDEX_KEY, deadline, _away_entry(room_id, member))
         return True
 
     async def release(self, room_id: str, member: Member, unsent: list[str]) -> None:
@@ -454,13 +468,10 @@ class RedisBroker(Broker):
         participants = _participants(result[1], result[2])
         member = next(p for p in participants if p.peer_id == peer_id)
         entry = _instance_entry(room_id, Member(peer_id, user_id, member.name), owner)
-        try:
-            await self._redis.sadd(instance_peers_key(self.instance_id), entry)
-            await self._redis.zrem(
-                AWAY_INDEX_KEY, _away_entry(room_id, Member(peer_id, user_id, ""))
-            )
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        await self._command("SADD", instance_peers_key(self.instance_id), entry)
+        await self._command(
+            "ZREM", AWAY_INDEX_KEY, _away_entry(room_id, Member(peer_id, user_id, ""))
+        )
         return Resumed(participants, [_text(frame) for frame in result[3]])
 
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
@@ -512,10 +523,7 @@ class RedisBroker(Broker):
         )
 
     async def kick(self, room_id: str, peer_id: str) -> bool:
-        try:
-            raw = await self._redis.hget(room_keys(room_id)[0], peer_id)
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        raw = await self._command("HGET", room_keys(room_id)[0], peer_id)
         if raw is None:
             return False
         member = Member.from_json(raw)
