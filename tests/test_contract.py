@@ -318,6 +318,7 @@ async def test_full_room_is_closed_with_4008(server: SbdServer) -> None:
     extra = await Peer.connect(server.ws_url, room, make_token("late"))
     assert (await extra.expect_close())[0] == 4008
     await peers[0].send({"type": "leave"})
+    await peers[0].expect_close()
     await Peer.join(server.ws_url, room, user="later")  # a place came free
 
 

@@ -39,7 +39,7 @@ RoomId = Annotated[str, Path(pattern=ROOM_ID_PATTERN, description="room id")]
 PeerIdParam = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="peer id")]
 
 
-def require_admin(user: CurrentUser) -> Principal:
+async def require_admin(user: CurrentUser) -> Principal:  # async: no worker thread
     if user.role != ADMIN_ROLE:
         metrics.AUTH_FAILURES.labels(reason="admin role required").inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -115,7 +116,10 @@ class Session:
         self.barrier = asyncio.Event()
         self.finished = asyncio.Event()
         self._limit = settings.send_queue_size
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self._limit)
+        # The send queue: a deque the writer drains in one go per wakeup.
+        self._outbox: deque[str] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_drained = asyncio.Event()
         # Frames that arrive before the welcome went out, or after the end.
         self._held: list[str] = []
         self._live = False
@@ -148,20 +152,22 @@ class Session:
             if len(self._held) < MAILBOX_MAX_FRAMES:
                 self._held.append(frame)
             return
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._outbox) >= self._limit:
             metrics.SLOW_CONSUMERS.inc()
             self.abort(CloseCode.TRY_AGAIN_LATER, "send queue overflow")
             self._held.append(frame)
             return
+        self._outbox.append(frame)
+        self._outbox_ready.set()
+        self._outbox_drained.clear()
         metrics.MESSAGES_DELIVERED.inc()
 
     def start(self, welcome: str, mailbox: list[str]) -> None:
         """Send the welcome, the mailbox, what arrived meanwhile, then live frames."""
         arrived, self._held = self._held, []
         self._live = self.started = True
-        self._queue.put_nowait(welcome)
+        self._outbox.append(welcome)
+        self._outbox_ready.set()
         for frame in [*mailbox, *arrived]:
             if not frame.startswith("!"):
                 self.enqueue(frame)
@@ -202,13 +208,16 @@ class Session:
 
     async def _write_forever(self) -> None:
         send = self.websocket.send
-        queue = self._queue
+        outbox, ready = self._outbox, self._outbox_ready
         try:
             while True:
-                self._sending = await queue.get()
-                await send({"type": "websocket.send", "text": self._sending})
-                self._sending = None
-                queue.task_done()
+                while outbox:
+                    self._sending = outbox.popleft()
+                    await send({"type": "websocket.send", "text": self._sending})
+                    self._sending = None
+                self._outbox_drained.set()
+                ready.clear()
+                await ready.wait()
         except asyncio.CancelledError:
             self._sending = None  # possibly sent: never deliver it twice
             raise
@@ -226,7 +235,7 @@ class Session:
         if self.end is not None and self.end.code == CloseCode.NORMAL:
             # A normal close lets queued frames out first, briefly.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self._outbox_drained.wait(), CLOSE_TIMEOUT_S)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -234,8 +243,8 @@ class Session:
     def unsent(self) -> list[str]:
         """Frames never handed to the socket, in order (after stop_writing)."""
         frames_left = [self._sending] if self._sending is not None else []
-        while not self._queue.empty():
-            frames_left.append(self._queue.get_nowait())
+        frames_left.extend(self._outbox)
+        self._outbox.clear()
         frames_left.extend(self._held)
         self._held = []
         return [frame for frame in frames_left if not frame.startswith("!")]
@@ -484,7 +493,7 @@ class ConnectionManager:
                 self._send_error(session, error)
 
     async def _handle(self, session: Session, message: ClientMessage) -> None:
-        metrics.MESSAGES_RECEIVED.labels(type=message.type.value).inc()
+        metrics.count_received(message.type.value)
         if isinstance(message, TARGETABLE):
             payload = message.payload
             if isinstance(payload, BaseModel):

@@ -23,7 +23,9 @@ from second_brain_database.webrtc.service import SignalingService
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_service(connection: HTTPConnection) -> SignalingService:
+# Dependencies are coroutines even when they need no await: FastAPI runs a
+# plain ``def`` dependency in a worker thread, a hand-off per connection.
+async def get_service(connection: HTTPConnection) -> SignalingService:
     service: SignalingService = connection.app.state.signaling
     return service
 
@@ -48,7 +50,7 @@ async def get_current_user(
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
-def require_room_access(room_id: str, user: CurrentUser) -> Principal:
+async def require_room_access(room_id: str, user: CurrentUser) -> Principal:
     if not ROOM_ID_RE.fullmatch(room_id):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid room id")
     if not user.may_join(room_id):

@@ -11,6 +11,7 @@ sum over live workers).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -94,6 +95,17 @@ def frame_type(frame: str) -> str:
         if kind in _sent:
             return kind
     return "other"
+
+
+_received: dict[str, Any] = {}
+
+
+def count_received(kind: str) -> None:
+    """One accepted client frame (``kind`` is always a client message type)."""
+    child = _received.get(kind)
+    if child is None:  # resolved once per type: labels() takes a lock and a dict walk
+        child = _received[kind] = MESSAGES_RECEIVED.labels(type=kind)
+    child.inc()
 
 
 def count_sent_frame(frame: str) -> None:
