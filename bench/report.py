@@ -479,6 +479,8 @@ def render(results: dict[str, Any], command: str, plot_path: Path | None) -> str
     t = targets(results)
     if t:
         parts += ["## Targets (issue 6)", "", t, ""]
+    if "findings" in results:
+        parts += ["## Findings and proposed changes", "", results["findings"], ""]
     sections = [
         ("relay", "1. Relay, one instance", section_relay),
         ("relay2", "2. Relay across two instances sharing Redis", section_relay2),

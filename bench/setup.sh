@@ -2,7 +2,8 @@
 # Install what the benchmark needs into bench-local folders (idempotent):
 #   bench/node/node_modules  the peers and the load generator (npm ci, from package-lock.json)
 #   bench/.pydeps            matplotlib for the plot, py-spy for `python -m bench profile`,
-#                            and the optional ASGI servers compared by `python -m bench asgi`
+#                            the ASGI servers compared by `python -m bench asgi` and picows
+#                            for `python -m bench ceiling`
 # Nothing here is a dependency of the server.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,9 +17,9 @@ if [ ! -d "$here/node/node_modules/ws" ] || [ "$here/node/package-lock.json" -nt
   (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-stamp="$here/.pydeps/.installed-v1"
+stamp="$here/.pydeps/.installed-v2"
 if [ ! -f "$stamp" ]; then
   "$py" -m pip install --quiet --disable-pip-version-check --target "$here/.pydeps" \
-    'matplotlib>=3.8' 'py-spy>=0.3.14' 'wsproto>=1.2' 'granian>=1.6'
+    'matplotlib>=3.8' 'py-spy>=0.3.14' 'wsproto>=1.2' 'granian>=1.6' 'picows>=1.7'
   touch "$stamp"
 fi

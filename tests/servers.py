@@ -115,6 +115,7 @@ class SbdServer:
         }
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="sbd-log-"))
         self.log_path = log_dir / f"sbd-{self.port}.log"
+        self.log_path.write_bytes(b"")  # a port reused from an earlier run starts a fresh log
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
