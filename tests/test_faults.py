@@ -29,6 +29,17 @@ def pair_env(own_redis: RedisServer, **extra: str) -> dict[str, str]:
     return {"SBD_REDIS_URL": own_redis.url, "SBD_PRESENCE_TTL": "3", **extra}
 
 
+async def alice_and_bob(
+    own_redis: RedisServer, sbd_factory: SbdFactory, room: str
+) -> tuple[SbdServer, SbdServer, Peer, Peer]:
+    """Two instances on ``own_redis``, alice on the first and bob on the second."""
+    one, two = sbd_factory(pair_env(own_redis)), sbd_factory(pair_env(own_redis))
+    a = await Peer.join(one.ws_url, room, user="alice")
+    b = await Peer.join(two.ws_url, room, user="bob")
+    await a.expect("user-joined")
+    return one, two, a, b
+
+
 async def ready_status(server: SbdServer) -> int:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=2) as http:
         return (await http.get("/health/ready")).status_code
@@ -50,10 +61,7 @@ async def relay_works(sender: Peer, receiver: Peer, tag: str) -> None:
 async def test_redis_killed_and_restarted_empty_under_live_rooms(
     own_redis: RedisServer, sbd_factory: SbdFactory
 ) -> None:
-    one, two = sbd_factory(pair_env(own_redis)), sbd_factory(pair_env(own_redis))
-    a = await Peer.join(one.ws_url, "outage", user="alice")
-    b = await Peer.join(two.ws_url, "outage", user="bob")
-    await a.expect("user-joined")
+    one, two, a, b = await alice_and_bob(own_redis, sbd_factory, "outage")
     await relay_works(a, b, "before")
 
     own_redis.stop(signal.SIGKILL)
@@ -85,10 +93,7 @@ async def test_redis_killed_and_restarted_empty_under_live_rooms(
 async def test_pubsub_connection_killed_by_redis_is_restored(
     own_redis: RedisServer, sbd_factory: SbdFactory
 ) -> None:
-    one, two = sbd_factory(pair_env(own_redis)), sbd_factory(pair_env(own_redis))
-    a = await Peer.join(one.ws_url, "deaf", user="alice")
-    b = await Peer.join(two.ws_url, "deaf", user="bob")
-    await a.expect("user-joined")
+    _, _, a, b = await alice_and_bob(own_redis, sbd_factory, "deaf")
     client = redis.Redis.from_url(own_redis.url)
     before = {c["id"] for c in client.client_list(_type="pubsub")}
     assert len(before) == 2
@@ -104,10 +109,7 @@ async def test_pubsub_connection_killed_by_redis_is_restored(
 async def test_pubsub_disconnected_for_output_buffer_overflow_recovers(
     own_redis: RedisServer, sbd_factory: SbdFactory
 ) -> None:
-    one, two = sbd_factory(pair_env(own_redis)), sbd_factory(pair_env(own_redis))
-    a = await Peer.join(one.ws_url, "flood", user="alice")
-    b = await Peer.join(two.ws_url, "flood", user="bob")
-    await a.expect("user-joined")
+    _, _, a, b = await alice_and_bob(own_redis, sbd_factory, "flood")
     client = redis.Redis.from_url(own_redis.url)
     before = {c["id"] for c in client.client_list(_type="pubsub")}
     client.config_set("client-output-buffer-limit", "pubsub 1024 1024 0")
