@@ -396,6 +396,9 @@ async def test_every_frame_gets_its_contract_answer(
         await throw(room, json.dumps(frame, ensure_ascii=False))
 
 
+STALL_BOUND_S = 4.0
+
+
 async def test_the_bystanders_kept_talking_and_the_server_kept_quiet(room: Room) -> None:
     """Runs after the fuzzing (same module, same room)."""
     assert room.examples >= EXAMPLES // 2
@@ -408,8 +411,11 @@ async def test_the_bystanders_kept_talking_and_the_server_kept_quiet(room: Room)
         assert bystander.stamps[-1] > room.last_example_at
         assert bystander.received == list(range(len(bystander.received))), "lost or reordered"
         assert len(sent) - len(bystander.received) <= 5
+        # Stamps are taken in this process, which also runs hypothesis: on a
+        # shared 2-core machine it may pause ~2 s itself. A blocked relay
+        # would stop for good (the fuzzing lasts longer than this bound).
         gaps = [b - a for a, b in itertools.pairwise(bystander.stamps)]
-        assert max(gaps) < 1.0, f"relay stalled for {max(gaps):.2f}s during fuzzing"
+        assert max(gaps) < STALL_BOUND_S, f"relay stalled for {max(gaps):.2f}s during fuzzing"
     log = room.server.log()
     for marker in ("Traceback", "Exception in ASGI application", '"level":"ERROR"', " ERROR "):
         assert marker not in log, f"server log has {marker!r}"
