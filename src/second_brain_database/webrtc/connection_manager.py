@@ -63,6 +63,7 @@ from second_brain_database.webrtc.schemas import (
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
+YIELD_EVERY = 16
 # How long a resume waits for the previous session to hand the peer over
 # before taking it regardless (that session's instance may have died).
 HANDOVER_TIMEOUT_S = 3.0
@@ -454,7 +455,13 @@ class ConnectionManager:
     async def _read_forever(self, session: Session) -> None:
         receive = session.websocket.receive
         max_bytes = self.settings.max_message_bytes
+        handled = 0
         while True:
+            handled += 1
+            if not handled % YIELD_EVERY:
+                # receive() does not yield while frames are buffered: give the
+                # receivers' writers a turn before their queues fill up.
+                await asyncio.sleep(0)
             event = await receive()
             if event["type"] == "websocket.disconnect":
                 raise session.finish(event.get("code", CloseCode.GOING_AWAY), "")

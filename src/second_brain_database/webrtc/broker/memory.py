@@ -201,9 +201,6 @@ class MemoryBroker(Broker):
         elif room is not None:
             envelope = self._mail_away(room, envelope)
         self._dispatch(room_id, envelope)
-        # Yield like a network publish would: a sender whose frames are all
-        # buffered must not starve the receivers' writer tasks.
-        await asyncio.sleep(0)
         return True
 
     @staticmethod
