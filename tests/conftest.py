@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import RedisServer, SbdServer
+from tests.servers import RedisServer, SbdServer, two_instances
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -82,8 +82,5 @@ def cluster(
         "SBD_PRESENCE_TTL": "2",
         "SBD_RESUME_TTL": str(RESUME_TTL),
     }
-    first = SbdServer(env, log_dir=artifacts_dir).start()
-    second = SbdServer(env, log_dir=artifacts_dir).start()
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_instances(env, artifacts_dir) as instances:
+        yield instances

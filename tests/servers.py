@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -170,6 +172,20 @@ class SbdServer:
         code = self.process.returncode
         self.process = None
         return code
+
+
+@contextlib.contextmanager
+def two_instances(env: dict[str, str], log_dir: Path) -> Iterator[tuple[SbdServer, SbdServer]]:
+    """Two `sbd serve` processes with the same settings (a shared Redis in ``env``)."""
+    first = SbdServer(env, log_dir=log_dir).start()
+    try:
+        second = SbdServer(env, log_dir=log_dir).start()
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 class RedisClusterServers:

@@ -23,7 +23,7 @@ from second_brain_database.webrtc.limits import (
 )
 from second_brain_database.webrtc.schemas import MAX_CANDIDATE_CHARS, MAX_SDP_CHARS
 from tests.peers import Peer, make_token
-from tests.servers import RedisServer, SbdServer
+from tests.servers import RedisServer, SbdServer, two_instances
 
 HANDSHAKE_BURST = 4
 USER_CAP = 2
@@ -41,11 +41,8 @@ def limited(
         "SBD_HANDSHAKE_BURST": str(HANDSHAKE_BURST),
         "SBD_MAX_CONNECTIONS_PER_USER": str(USER_CAP),
     }
-    first = SbdServer(env, log_dir=artifacts_dir).start()
-    second = SbdServer(env, log_dir=artifacts_dir).start()
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_instances(env, artifacts_dir) as instances:
+        yield instances
 
 
 def client_ip() -> str:

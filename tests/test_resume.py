@@ -45,6 +45,10 @@ async def send_gap_traffic(a: Peer, b_peer_id: str) -> list[dict[str, Any]]:
     ]
     for message in sent:
         await a.send(message)
+    # A sender's frames are handled in order: the pong means all of the above
+    # were relayed (or mailed) before the test resumes anyone.
+    await a.send({"type": "ping"})
+    await a.expect("pong")
     return sent
 
 

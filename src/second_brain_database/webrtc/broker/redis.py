@@ -484,10 +484,7 @@ class RedisBroker(Broker):
                     envelope.to,
                     envelope.exclude,
                     envelope.frame,
-                    mailbox_prefix(room_id),
-                    self._mailbox_ttl_ms,
-                    MAILBOX_MAX_FRAMES,
-                    f"{envelope.sent_at:.6f}",
+                    *self._mail_args(room_id, envelope),
                 ],
             )
             return bool(sent != -1)
@@ -498,13 +495,16 @@ class RedisBroker(Broker):
                 self._publish,
                 envelope.exclude,
                 envelope.frame,
-                mailbox_prefix(room_id),
-                self._mailbox_ttl_ms,
-                MAILBOX_MAX_FRAMES,
-                f"{envelope.sent_at:.6f}",
+                *self._mail_args(room_id, envelope),
             ],
         )
         return True
+
+    def _mail_args(self, room_id: str, envelope: Envelope) -> tuple[str, int, int, str]:
+        """The arguments every relaying script shares: where and how long to
+        keep frames for peers waiting to resume, and the ingress stamp."""
+        prefix = mailbox_prefix(room_id)
+        return prefix, self._mailbox_ttl_ms, MAILBOX_MAX_FRAMES, f"{envelope.sent_at:.6f}"
 
     async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:
         await self._run(
@@ -514,10 +514,7 @@ class RedisBroker(Broker):
                 self._publish,
                 envelope.exclude,
                 envelope.frame,
-                mailbox_prefix(room_id),
-                self._mailbox_ttl_ms,
-                MAILBOX_MAX_FRAMES,
-                f"{envelope.sent_at:.6f}",
+                *self._mail_args(room_id, envelope),
                 media,
             ],
         )
