@@ -2,7 +2,7 @@
 
 - ``redis_server``: the suite's own redis-server on a free port (session).
 - ``server``: one instance, parametrized over both brokers (memory, redis);
-  the contract tests run against each.
+  the contract tests add the plain ASGI path ("asgi") to these.
 - ``cluster``: two instances sharing ``redis_server`` (session).
 - ``sbd_factory``: start instances with custom settings (per test).
 """
@@ -56,8 +56,13 @@ def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
         server.stop()
 
 
-@pytest.fixture(scope="session", params=["memory", "redis"])
-def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
+def start_shared_server(
+    request: pytest.FixtureRequest, artifacts_dir: Path
+) -> Iterator[SbdServer]:
+    """The ``server`` of ``request.param``: "memory" and "redis" are the
+    brokers behind ``sbd serve``'s default (native) WebSocket path; "asgi" is
+    the embedded broker with sessions on the plain ASGI path
+    (``--ws websockets-sansio``), as under any other ASGI server."""
     env = {
         **SHARED_SERVER_ENV,
         "SBD_MAX_PEERS_PER_ROOM": "4",
@@ -67,9 +72,15 @@ def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdS
     if request.param == "redis":
         redis = request.getfixturevalue("redis_server")
         env["SBD_REDIS_URL"] = redis.url
-    instance = SbdServer(env, log_dir=artifacts_dir).start()
+    args = ("--ws", "websockets-sansio") if request.param == "asgi" else ()
+    instance = SbdServer(env, log_dir=artifacts_dir, args=args).start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="session", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
+    yield from start_shared_server(request, artifacts_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """The WebSocket contract (PROTOCOL.md), row by row, against a real server.
 
-Every test runs twice through the ``server`` fixture: once on the embedded
-broker and once on Redis, so both backends keep the same semantics.
+Every test runs three times through the ``server`` fixture: on the embedded
+broker and on Redis behind ``sbd serve``'s native WebSocket path, and on the
+embedded broker behind the plain ASGI path (the router mounted elsewhere),
+so both backends and both paths keep the same semantics.
 """
 
 from __future__ import annotations
@@ -9,17 +11,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import jwt
 import pytest
 from pydantic import TypeAdapter
 
 from second_brain_database.webrtc.schemas import ServerMessage
-from tests.conftest import RESUME_TTL
+from tests.conftest import RESUME_TTL, start_shared_server
 from tests.peers import Peer, make_token
 from tests.servers import SbdServer
 
 _rooms = itertools.count()
+
+
+@pytest.fixture(scope="session", params=["memory", "redis", "asgi"])
+def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
+    yield from start_shared_server(request, artifacts_dir)
+
+
 server_frame: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 

@@ -27,6 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+# ``sbd serve --ws``: what uvicorn is given for each choice.
+WS_IMPLEMENTATIONS = {
+    "native": "second_brain_database.webrtc.native_ws:SignalingWebSocketProtocol",
+    "websockets": "websockets",
+    "websockets-sansio": "websockets-sansio",
+    "wsproto": "wsproto",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbd", description="WebRTC signaling service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="proxy_headers",
         action="store_false",
         help="ignore X-Forwarded-* headers even from --forwarded-allow-ips",
+    )
+    serve.add_argument(
+        "--ws",
+        choices=sorted(WS_IMPLEMENTATIONS),
+        default="native",
+        help="WebSocket implementation: 'native' (default) gives signaling sessions "
+        "a direct path past ASGI (webrtc/native_ws.py); the others are uvicorn's own",
     )
     serve.set_defaults(run=_serve)
 
@@ -91,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=log_config,
             proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
+            ws=WS_IMPLEMENTATIONS[args.ws],
             ws_max_size=settings.max_message_bytes,
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=10,

@@ -15,6 +15,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from second_brain_database.webrtc import metrics as webrtc_metrics
 from second_brain_database.webrtc.dependencies import Service
 
 router = APIRouter(tags=["operations"])
@@ -40,6 +41,7 @@ async def ready(service: Service, response: Response) -> dict[str, str]:
 @router.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format; under ``--workers N``, the sum of every worker."""
+    webrtc_metrics.flush()  # this worker's tallies; the others' within a second
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

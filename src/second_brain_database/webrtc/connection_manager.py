@@ -1,9 +1,9 @@
 """Signaling sessions: one per accepted WebSocket, fanned out by the broker.
 
 The manager owns this process's local connections, grouped by room. Each
-session reads client frames in its own task and writes through a bounded
-queue drained by a writer task, so a client that cannot keep up is closed
-instead of slowing delivery to anyone else.
+session reads client frames in its own task and sends through its socket's
+bounded queue (webrtc/transport.py), so a client that cannot keep up is
+closed instead of slowing delivery to anyone else.
 
 A session that ends without ``leave`` hands its peer over for resume: it
 marks the peer away, waits for the broker's barrier (every frame published
@@ -18,12 +18,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
-from starlette.websockets import WebSocket, WebSocketState
 
 from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
 from second_brain_database.config import Settings
@@ -59,10 +57,14 @@ from second_brain_database.webrtc.schemas import (
     RefreshMessage,
     parse_client_frame,
 )
+from second_brain_database.webrtc.transport import (
+    CLOSE_TIMEOUT_S,
+    ClientGone,
+    SignalingSocket,
+)
 
 logger = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT_S = 2.0
 YIELD_EVERY = 16
 # How long a resume waits for the previous session to hand the peer over
 # before taking it regardless (that session's instance may have died).
@@ -85,6 +87,30 @@ _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 _PONG = PONG_FRAME.decode()
 
 
+class Flag:
+    """A one-shot ``asyncio.Event`` that allocates nothing until awaited (an
+    Event's waiter deque is 760 bytes, twice per session)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        # Shielded: a waiter that times out must not cancel it for the others.
+        await asyncio.shield(self._waiter)
+
+
 class SessionEnded(Exception):
     """Why a session ended: the close code and reason it is closed with."""
 
@@ -99,14 +125,14 @@ class Session:
 
     def __init__(
         self,
-        websocket: WebSocket,
+        socket: SignalingSocket,
         room_id: str,
         member: Member,
         principal: Principal,
         resume_secret: str,
         settings: Settings,
     ) -> None:
-        self.websocket = websocket
+        self.socket = socket
         self.room_id = room_id
         self.member = member
         self.principal = principal
@@ -114,23 +140,16 @@ class Session:
         self.resume_secret = resume_secret
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.end: SessionEnded | None = None
-        self.barrier = asyncio.Event()
-        self.finished = asyncio.Event()
-        self._limit = settings.send_queue_size
-        # The send queue: a deque the writer drains in one go per wakeup.
-        self._outbox: deque[str] = deque()
-        self._outbox_ready = asyncio.Event()
-        self._outbox_drained = asyncio.Event()
+        self.barrier = Flag()
+        self.finished = Flag()
         # Frames that arrive before the welcome went out, or after the end.
         self._held: list[str] = []
         self._live = False
         self.started = False
-        self._sending: str | None = None
+        self._stopped = False
         self._reader: asyncio.Task[Any] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
         self._idle_timeout = settings.idle_timeout
-        self._idle: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
         self.last_message = time.monotonic()
 
     @property
@@ -153,50 +172,46 @@ class Session:
             if len(self._held) < MAILBOX_MAX_FRAMES:
                 self._held.append(frame)
             return
-        if len(self._outbox) >= self._limit:
+        if not self.socket.send(frame):
             metrics.SLOW_CONSUMERS.inc()
             self.abort(CloseCode.TRY_AGAIN_LATER, "send queue overflow")
             self._held.append(frame)
             return
-        self._outbox.append(frame)
-        self._outbox_ready.set()
-        self._outbox_drained.clear()
-        metrics.MESSAGES_DELIVERED.inc()
+        metrics.DELIVERED.inc()
 
     def start(self, welcome: str, mailbox: list[str]) -> None:
         """Send the welcome, the mailbox, what arrived meanwhile, then live frames."""
         arrived, self._held = self._held, []
         self._live = self.started = True
-        self._outbox.append(welcome)
-        self._outbox_ready.set()
+        self.socket.send(welcome)  # the queue is empty: it always fits
         for frame in [*mailbox, *arrived]:
             if not frame.startswith("!"):
                 self.enqueue(frame)
         self._reader = asyncio.current_task()
-        self._writer = asyncio.create_task(self._write_forever(), name=f"sbd-writer-{self.peer_id}")
         self.schedule_expiry()
-        self._check_idle()
         if self.end is not None:
             raise self.end
 
     def schedule_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        delay = max(self.principal.expires_at - time.time(), 0.0)
-        self._expiry = asyncio.get_running_loop().call_later(
-            delay, self.abort, CloseCode.UNAUTHORIZED, "token expired"
+        """(Re-)arm the session's one timer, for the earlier of its deadlines:
+        the token's expiry, and the idle timeout counted from the last valid
+        message (re-armed when it fires, not reset on every frame)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        idle_in = self.last_message + self._idle_timeout - time.monotonic()
+        expires_in = self.principal.expires_at - time.time()
+        self._deadline = asyncio.get_running_loop().call_later(
+            max(min(idle_in, expires_in), 0.0), self._deadline_reached
         )
 
-    def _check_idle(self) -> None:
-        # One timer per session, re-armed from the last message rather than
-        # reset on every frame.
-        silent_for = time.monotonic() - self.last_message
-        if silent_for >= self._idle_timeout:
+    def _deadline_reached(self) -> None:
+        self._deadline = None
+        if self.principal.expires_at <= time.time():
+            self.abort(CloseCode.UNAUTHORIZED, "token expired")
+        elif time.monotonic() - self.last_message >= self._idle_timeout:
             self.abort(CloseCode.IDLE, "no message received for too long")
-            return
-        self._idle = asyncio.get_running_loop().call_later(
-            self._idle_timeout - silent_for, self._check_idle
-        )
+        else:
+            self.schedule_expiry()
 
     def abort(self, code: int, reason: str) -> None:
         """End the session from outside its reader (kick, expiry, overflow)."""
@@ -207,59 +222,23 @@ class Session:
         if self._reader is not None:
             self._reader.cancel()
 
-    async def _write_forever(self) -> None:
-        send = self.websocket.send
-        outbox, ready = self._outbox, self._outbox_ready
-        try:
-            while True:
-                while outbox:
-                    self._sending = outbox.popleft()
-                    await send({"type": "websocket.send", "text": self._sending})
-                    self._sending = None
-                self._outbox_drained.set()
-                ready.clear()
-                await ready.wait()
-        except asyncio.CancelledError:
-            self._sending = None  # possibly sent: never deliver it twice
-            raise
-        except Exception:  # the peer went away; the reader notices and cleans up
-            self.abort(CloseCode.GOING_AWAY, "send failed")
-
     async def stop_writing(self) -> None:
         """Stop delivering; what is left is kept for :meth:`unsent`."""
         self._live = False
-        for timer in (self._expiry, self._idle):
-            if timer is not None:
-                timer.cancel()
-        if self._writer is None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._stopped:
             return
+        self._stopped = True
         if self.end is not None and self.end.code == CloseCode.NORMAL:
             # A normal close lets queued frames out first, briefly.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_drained.wait(), CLOSE_TIMEOUT_S)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+            await self.socket.flush(CLOSE_TIMEOUT_S)
+        self._held[:0] = await self.socket.stop()
 
     def unsent(self) -> list[str]:
         """Frames never handed to the socket, in order (after stop_writing)."""
-        frames_left = [self._sending] if self._sending is not None else []
-        frames_left.extend(self._outbox)
-        self._outbox.clear()
-        frames_left.extend(self._held)
-        self._held = []
+        frames_left, self._held = self._held, []
         return [frame for frame in frames_left if not frame.startswith("!")]
-
-
-async def close_websocket(websocket: WebSocket, code: int, reason: str = "") -> None:
-    """Close without ever blocking on a peer that does not read."""
-    if (
-        websocket.application_state != WebSocketState.CONNECTED
-        or websocket.client_state != WebSocketState.CONNECTED
-    ):
-        return
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason[:120]), CLOSE_TIMEOUT_S)
 
 
 class ConnectionManager:
@@ -312,7 +291,7 @@ class ConnectionManager:
 
     async def run(
         self,
-        websocket: WebSocket,
+        socket: SignalingSocket,
         room_id: str,
         principal: Principal,
         resume_token: str | None = None,
@@ -329,7 +308,7 @@ class ConnectionManager:
         member = Member(peer_id, principal.user_id, principal.name)
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(
-            websocket, room_id, member, principal, secrets.token_urlsafe(24), self.settings
+            socket, room_id, member, principal, secrets.token_urlsafe(24), self.settings
         )
         self._rooms.setdefault(room_id, {})[peer_id] = session
         metrics.LOCAL_ROOMS.set(len(self._rooms))
@@ -355,7 +334,7 @@ class ConnectionManager:
         finally:
             end = session.finish(CloseCode.GOING_AWAY, "")
             await session.stop_writing()
-            await close_websocket(websocket, end.code, end.reason)
+            await socket.close(end.code, end.reason)
             code = end.code if end.code in _KNOWN_CLOSES else "other"
             metrics.CONNECTIONS_CLOSED.labels(code=str(code)).inc()
             session.finished.set()
@@ -385,8 +364,11 @@ class ConnectionManager:
                 mailbox = resumed.mailbox
             joined = True
             metrics.ROOM_SIZE.observe(len(participants) + 1)
-            welcome = frames.welcome(session.member, room_id, session.resume_token, participants)
-            session.start(welcome, mailbox)
+            session.start(
+                frames.welcome(session.member, room_id, session.resume_token, participants),
+                mailbox,
+            )
+            del participants, mailbox  # held by this frame for the whole session otherwise
             await self._read_forever(session)
         finally:
             if joined:
@@ -453,7 +435,7 @@ class ConnectionManager:
         metrics.LOCAL_ROOMS.set(len(self._rooms))
 
     async def _read_forever(self, session: Session) -> None:
-        receive = session.websocket.receive
+        receive = session.socket.receive
         max_bytes = self.settings.max_message_bytes
         handled = 0
         while True:
@@ -462,11 +444,11 @@ class ConnectionManager:
                 # receive() does not yield while frames are buffered: give the
                 # receivers' writers a turn before their queues fill up.
                 await asyncio.sleep(0)
-            event = await receive()
-            if event["type"] == "websocket.disconnect":
-                raise session.finish(event.get("code", CloseCode.GOING_AWAY), "")
-            text = event.get("text")
-            if text is None:
+            try:
+                text = await receive()
+            except ClientGone as gone:
+                raise session.finish(gone.code, "") from None
+            if not isinstance(text, str):
                 self._send_error(session, ProtocolError(ErrorCode.INVALID_MESSAGE, BINARY_REFUSED))
                 continue
             # Characters never outnumber UTF-8 bytes: encode only when it matters.

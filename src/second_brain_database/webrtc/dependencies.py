@@ -6,7 +6,7 @@ browser cannot read the HTTP 403 that a close before accept turns into.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from second_brain_database.auth.tickets import TicketUnavailable
 from second_brain_database.auth.tokens import InvalidToken, Principal
 from second_brain_database.webrtc import metrics
+from second_brain_database.webrtc.limits import Lease
 from second_brain_database.webrtc.schemas import ROOM_ID_RE, CloseCode
 from second_brain_database.webrtc.service import SignalingService
 
@@ -62,34 +63,41 @@ async def require_room_access(room_id: str, user: CurrentUser) -> Principal:
 TRY_AGAIN_LATER = 1013
 
 
-async def get_current_user_ws(
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An accepted signaling WebSocket's caller, and its slot in the per-user
+    connection cap, which the session gives back when it ends."""
+
+    principal: Principal
+    lease: Lease
+
+
+async def admit_websocket(
     websocket: WebSocket,
     room_id: str,
     service: Service,
     token: str | None = None,
     ticket: str | None = None,
-) -> AsyncIterator[Principal | None]:
+) -> Admitted | None:
     """Admit a signaling WebSocket, or close it with the contract's code.
 
-    Yields the caller once the socket is accepted, or None once it is closed
-    (1008, 1012, 1013, 4003, 4029 or 4400, with a short reason). The caller's
-    slot in the per-user connection cap is held until the endpoint returns."""
+    Returns the caller once the socket is accepted, or None once it is closed
+    (1008, 1012, 1013, 4003, 4029 or 4400, with a short reason)."""
     principal = await _admit(websocket, room_id, service, token, ticket)
     if principal is None:
-        yield None
-        return
+        return None
     connections = service.admission.connections
     lease = await connections.acquire(principal.user_id)
     if lease is None:
         metrics.ADMISSION_REFUSED.labels(limit="connections per user").inc()
         await _reject(websocket, CloseCode.RATE_LIMITED, "too many connections for this user")
-        yield None
-        return
+        return None
     try:
         await websocket.accept()
-        yield principal
-    finally:
+    except BaseException:
         await connections.release(lease)
+        raise
+    return Admitted(principal, lease)
 
 
 async def _admit(

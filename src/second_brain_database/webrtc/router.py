@@ -15,12 +15,15 @@ from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker import BrokerUnavailable, PolicyForbidden, RoomPolicy
 from second_brain_database.webrtc.dependencies import (
+    Admitted,
     CurrentUser,
     Service,
-    get_current_user_ws,
+    admit_websocket,
     require_room_access,
 )
 from second_brain_database.webrtc.schemas import Participant
+from second_brain_database.webrtc.service import SignalingService
+from second_brain_database.webrtc.transport import SignalingSocket, open_socket
 from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration
 
 logger = logging.getLogger(__name__)
@@ -47,19 +50,31 @@ async def signaling_socket(
     websocket: WebSocket,
     room_id: str,
     service: Service,
-    principal: Annotated[Principal | None, Depends(get_current_user_ws)],
+    admitted: Annotated[Admitted | None, Depends(admit_websocket)],
     resume: str | None = None,
 ) -> None:
     """Join ``room_id`` and exchange signaling messages (docs/protocol.md)."""
-    if principal is None:
+    if admitted is None:
         return
-    bind_session(room_id=room_id, user_id=principal.user_id)
+    socket = open_socket(websocket, service.settings.send_queue_size)
+    await socket.run_session(_session(service, socket, room_id, admitted, resume))
+
+
+async def _session(
+    service: SignalingService,
+    socket: SignalingSocket,
+    room_id: str,
+    admitted: Admitted,
+    resume: str | None,
+) -> None:
+    bind_session(room_id=room_id, user_id=admitted.principal.user_id)
     metrics.CONNECTIONS_OPENED.inc()
     metrics.CONNECTIONS.inc()
     try:
-        await service.manager.run(websocket, room_id, principal, resume)
+        await service.manager.run(socket, room_id, admitted.principal, resume)
     finally:
         metrics.CONNECTIONS.dec()
+        await service.admission.connections.release(admitted.lease)
         # Carries room, peer and user ids (logging_setup.LogContext).
         logger.info("signaling session ended")
 

@@ -7,6 +7,8 @@ lifespan, see docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from second_brain_database.auth.throttle import LoginThrottle
 from second_brain_database.auth.tokens import TokenService
 from second_brain_database.auth.users import UserStore
 from second_brain_database.config import Settings, get_settings
+from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.admission import Admission
 from second_brain_database.webrtc.broker import Broker, create_broker
 from second_brain_database.webrtc.connection_manager import ConnectionManager
@@ -36,6 +39,7 @@ class SignalingService:
     admission: Admission
     login_throttle: LoginThrottle
     draining: bool = False
+    _metrics_flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> SignalingService:
@@ -55,6 +59,9 @@ class SignalingService:
         await self.broker.connect()
         await self.tokens.start()
         await self.admission.start()
+        self._metrics_flusher = asyncio.create_task(
+            metrics.flush_periodically(), name="sbd-metrics-flush"
+        )
         logger.info(
             "signaling service started (instance %s, broker %s)",
             self.settings.instance_id,
@@ -67,6 +74,11 @@ class SignalingService:
         await self.broker.disconnect()
         await self.admission.aclose()
         await self.tokens.aclose()
+        if self._metrics_flusher is not None:
+            self._metrics_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_flusher
+        metrics.flush()
 
 
 @asynccontextmanager
