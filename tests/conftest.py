@@ -56,9 +56,7 @@ def sbd_factory(artifacts_dir: Path) -> Iterator[SbdFactory]:
         server.stop()
 
 
-def start_shared_server(
-    request: pytest.FixtureRequest, artifacts_dir: Path
-) -> Iterator[SbdServer]:
+def start_shared_server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
     """The ``server`` of ``request.param``: "memory" and "redis" are the
     brokers behind ``sbd serve``'s default (native) WebSocket path; "asgi" is
     the embedded broker with sessions on the plain ASGI path

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from second_brain_database.webrtc.native_ws import text_frame
+from second_brain_database.webrtc.rfc6455 import text_frame
 from tests.peers import make_token
 from tests.rawws import TEXT, RawWebSocket, build_frame
 from tests.servers import SbdServer

@@ -22,16 +22,17 @@ a signaling session that finds it takes the accepted connection over with
 Together these take a relayed message from about 45 to about 30 us of CPU,
 and an idle connection from about 50 to about 15 KB (BENCHMARKS.md).
 
-Handshake, framing checks (UTF-8, fragmentation, control frames, close
-handshake) and keepalive pings are uvicorn's ``websockets-sansio``
-protocol's, unchanged; ``bench/run.sh asgi`` measures the difference.
+The handshake and the keepalive pings are uvicorn's ``websockets-sansio``
+protocol's, unchanged. Client frames after the handshake are parsed by
+:class:`~second_brain_database.webrtc.rfc6455.ClientFrameParser` (UTF-8,
+fragmentation, control frames, the close handshake, size limits) instead of
+the websockets library's parser, for every connection, taken over or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, cast
@@ -40,9 +41,18 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
 from second_brain_database.webrtc import metrics
+from second_brain_database.webrtc.rfc6455 import (
+    FIN,
+    OP_CLOSE,
+    OP_PONG,
+    ClientFrameParser,
+    encode_frame,
+    text_frame,
+)
 from second_brain_database.webrtc.transport import (
     NATIVE_EXTENSION,
     ClientGone,
@@ -54,20 +64,6 @@ logger = logging.getLogger(__name__)
 # Reading pauses when this many client messages wait for the session, and
 # resumes once it has taken them all.
 INBOX_HIGH_WATER = 64
-
-_FIN_TEXT = 0x81
-_HEADER_16 = struct.Struct("!BBH")
-_HEADER_64 = struct.Struct("!BBQ")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A server-to-client (unmasked, final) text frame (RFC 6455 section 5.2)."""
-    length = len(payload)
-    if length < 126:
-        return bytes((_FIN_TEXT, length)) + payload
-    if length < 65536:
-        return _HEADER_16.pack(_FIN_TEXT, 126, length) + payload
-    return _HEADER_64.pack(_FIN_TEXT, 127, length) + payload
 
 
 class NativeSocket(SignalingSocket):
@@ -164,7 +160,7 @@ class NativeSocket(SignalingSocket):
 
     def _writable(self) -> bool:
         protocol = self._protocol
-        return not (protocol.close_sent or protocol.disconnected)
+        return not (protocol.close_sent or protocol.disconnected or protocol.transport.is_closing())
 
     def _write(self, frame: str) -> None:
         self._protocol.transport.write(text_frame(frame.encode()))
@@ -218,6 +214,7 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.native: NativeSocket | None = None
         self.native_session: asyncio.Task[None] | None = None
+        self.frame_parser: ClientFrameParser | None = None
 
     async def run_asgi(self) -> None:
         # uvicorn's own, except that an application that returns after handing
@@ -288,26 +285,57 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         return socket
 
-    def send_receive_event_to_app(self) -> None:
-        socket = self.native
-        if socket is None:
-            super().send_receive_event_to_app()
+    # --- client frames: rfc6455.ClientFrameParser after the handshake -------
+
+    def data_received(self, data: bytes) -> None:
+        if self.frame_parser is None:
+            # The upgrade request (uvicorn replays it): the handshake is the
+            # websockets library's, the frames after it are ours.
+            super().data_received(data)
+            self.frame_parser = ClientFrameParser(self, self.config.ws_max_size)
             return
-        frames = self.frames
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        self.frames = []
+        self.frame_parser.feed(data)
+
+    def on_message(self, data: str | bytes) -> None:
         if self.close_sent:
-            return  # past our close: discard, as the ASGI path does
-        if self.curr_msg_data_type == "bytes":
-            socket.message_received(bytes(data))
+            return  # past our close: discard, as uvicorn does
+        if self.native is not None:
+            self.native.message_received(data)
             return
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            self.conn.send_close(1007)
-            self.handle_parser_exception()
+        # Not taken over (yet): the ASGI path, as uvicorn's own protocol does it.
+        if isinstance(data, str):
+            self.queue.put_nowait({"type": "websocket.receive", "text": data})
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        self.pause_reading()  # until the application has read it
+
+    def on_ping(self, payload: bytes) -> None:
+        if not self.close_sent:
+            self.transport.write(encode_frame(FIN | OP_PONG, payload))
+
+    def on_pong(self, payload: bytes) -> None:
+        self.handle_pong(Frame(Opcode.PONG, payload))
+
+    def on_close(self, code: int, reason: str, payload: bytes) -> None:
+        if self.close_sent:  # the client's answer to our close
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+            self.transport.close()
             return
-        socket.message_received(text)
+        if not self.transport.is_closing():
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self.transport.write(encode_frame(FIN | OP_CLOSE, payload))  # the echo
+            self.transport.close()
+
+    def on_violation(self, code: int, reason: str) -> None:
+        """Close with ``code``, at once (uvicorn's handle_parser_exception)."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if not (self.close_sent or self.transport.is_closing()):
+            close = code.to_bytes(2, "big") + reason.encode()
+            self.transport.write(encode_frame(FIN | OP_CLOSE, close))
+        self.close_sent = True
+        self.transport.close()
 
     def pause_reading(self) -> None:
         if not self.read_paused:
