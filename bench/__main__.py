@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="py-spy our server under the relay workload")
     prof.add_argument("--seconds", type=float, default=15)
     prof.add_argument("--pairs", type=int, default=50)
-    prof.add_argument("--scenario", choices=["relay", "join"], default="relay")
+    prof.add_argument("--scenario", choices=["relay", "relay2", "join"], default="relay")
     prof.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     prof.set_defaults(func=cmd_profile)
     asg = sub.add_parser("asgi", help="compare ASGI servers / WebSocket implementations / workers")

@@ -11,6 +11,7 @@ flamegraph.pl and speedscope).
 from __future__ import annotations
 
 import collections
+import contextlib
 import subprocess
 import threading
 import time
@@ -73,14 +74,27 @@ def run(
     if not PY_SPY.exists():
         raise SystemExit("py-spy missing: run bench/setup.sh")
     tokens = procs.sbd_tokens(8)
-    server = procs.start_sbd(argv=sbd_argv)
     result: dict[str, Any] = {}
     started = threading.Event()
-    with procs.running(server):
+    with contextlib.ExitStack() as stack:
+        # relay2: the pairs split across two instances sharing a Redis of the
+        # bench's own; the first instance is profiled (both do the same work).
+        redis_url = None
+        if scenario == "relay2":
+            redis_proc = procs.start_redis()
+            stack.enter_context(procs.running(redis_proc))
+            redis_url = f"redis://{procs.HOST}:{redis_proc.port}/0"
+        servers = [
+            procs.start_sbd(redis_url, argv=sbd_argv, name=f"sbd-{n}")
+            for n in range(2 if redis_url else 1)
+        ]
+        for instance in servers:
+            stack.enter_context(procs.running(instance))
+        server = servers[0]
         cfg: dict[str, Any] = {
             "server": "sbd",
-            "scenario": scenario,
-            "urls": [f"ws://{procs.HOST}:{server.port}"],
+            "scenario": "relay" if scenario == "relay2" else scenario,
+            "urls": [f"ws://{procs.HOST}:{instance.port}" for instance in servers],
             "tokens": tokens,
             "pairs": pairs,
             "warmup_s": 2,

@@ -61,7 +61,7 @@ ROOM_SIZE = Histogram(
 RELAY_LATENCY = Histogram(
     "sbd_relay_latency_seconds",
     "Time from a relayed message's ingress on any instance to its delivery to the "
-    "local sessions of its room (wall clocks: instances need NTP)",
+    "local sessions of its room, with Redis (wall clocks: instances need NTP)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 ADMIN_ACTIONS = Counter(

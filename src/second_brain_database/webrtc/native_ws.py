@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from uvicorn.config import Config
@@ -74,6 +74,7 @@ class NativeSocket(SignalingSocket):
         "_gone",
         "_inbox",
         "_limit",
+        "_on_arrival",
         "_outbox",
         "_protocol",
         "_waiter",
@@ -92,10 +93,20 @@ class NativeSocket(SignalingSocket):
         self._outbox: deque[str] | None = None
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._on_arrival: Callable[[str | bytes], bool] | None = None
 
     # --- called by the protocol -------------------------------------------
 
     def message_received(self, message: str | bytes) -> None:
+        waiter = self._waiter
+        if (
+            self._on_arrival is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._inbox
+            and self._on_arrival(message)
+        ):
+            return
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(message)
@@ -128,6 +139,9 @@ class NativeSocket(SignalingSocket):
 
     async def run_session(self, session: Coroutine[Any, Any, None]) -> None:
         self._protocol.run_detached(session)
+
+    def handle_on_arrival(self, handler: Callable[[str | bytes], bool] | None) -> None:
+        self._on_arrival = handler
 
     async def receive(self) -> str | bytes:
         while True:

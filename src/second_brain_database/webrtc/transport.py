@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -51,6 +51,13 @@ class SignalingSocket(ABC):
     @abstractmethod
     async def receive(self) -> str | bytes:
         """The next client message: text or binary. Raises :class:`ClientGone`."""
+
+    def handle_on_arrival(self, handler: Callable[[str | bytes], bool] | None) -> None:
+        """Offer each client message to ``handler`` as it arrives, while the
+        session waits in :meth:`receive` with nothing queued before it; a
+        handler that returns False leaves the message to :meth:`receive`.
+        None stops it. Optional: a socket may deliver everything to receive."""
+        return None
 
     @abstractmethod
     def send(self, frame: str) -> bool:

@@ -18,6 +18,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import orjson
 
@@ -73,7 +74,7 @@ class ResumeBusy(Exception):
         self.owner = owner
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
 class Envelope:
     """A frame addressed within a room, packed as four lines: ingress time,
     ``to``, ``exclude``, then the frame.
@@ -270,6 +271,14 @@ class Broker(ABC):
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
         """Deliver to the room (``to`` empty) or to one peer; False (nothing
         sent) when ``envelope.to`` is not a member. One backend round trip."""
+
+    # True when publishing never waits (the embedded broker delivers in
+    # process): then :meth:`publish_now` may be called in place of publish.
+    synchronous: ClassVar[bool] = False
+
+    def publish_now(self, room_id: str, envelope: Envelope) -> bool:
+        """:meth:`publish`, done before returning; only when :attr:`synchronous`."""
+        raise NotImplementedError(f"{type(self).__name__} publishes asynchronously")
 
     @abstractmethod
     async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:

@@ -190,7 +190,12 @@ class MemoryBroker(Broker):
         mailbox = list(room.mailboxes.pop(peer_id, ()))
         return Resumed(self._participants(room), mailbox)
 
+    synchronous = True
+
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
+        return self.publish_now(room_id, envelope)
+
+    def publish_now(self, room_id: str, envelope: Envelope) -> bool:
         room = self._rooms.get(room_id)
         if envelope.to:
             if room is None or envelope.to not in room.owners:
