@@ -57,7 +57,11 @@ def _uvicorn(ws: str) -> list[str]:
 
 
 VARIANTS = [
-    Variant("sbd serve (uvicorn + websockets-sansio, the default)", None),
+    Variant("sbd serve (--ws native, the default)", None),
+    Variant(
+        "sbd serve --ws websockets-sansio (uvicorn's, over ASGI)",
+        [procs.sbd_bin(), "serve", "--host", HOST, "--port", "{port}", "--ws", "websockets-sansio"],
+    ),
     Variant("uvicorn --ws websockets (legacy implementation)", _uvicorn("websockets")),
     Variant("uvicorn --ws wsproto", _uvicorn("wsproto"), pydeps=True),
     Variant(

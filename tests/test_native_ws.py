@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from second_brain_database.webrtc.rfc6455 import text_frame
-from tests.peers import make_token
+from tests.peers import Peer, make_token
 from tests.rawws import TEXT, RawWebSocket, build_frame
 from tests.servers import SbdServer
 
@@ -47,3 +47,27 @@ def test_messages_sent_as_soon_as_the_handshake_is_read_follow_the_welcome(
     finally:
         ws.close()
     assert [a["type"] for a in answers] == ["welcome"] + ["pong"] * 5
+
+
+async def test_one_clients_messages_keep_their_order_across_both_handling_paths(
+    server: SbdServer,
+) -> None:
+    """With the embedded broker, relays are handled on arrival and other types
+    by the session's reader; a relay must never overtake an earlier message
+    the reader still holds. (On Redis every message takes the reader's path.)"""
+    room = "mixed-order"
+    a = await Peer.join(server.ws_url, room, user="alice")
+    b = await Peer.join(server.ws_url, room, user="bob")
+    await a.expect("user-joined")
+    sent = []
+    for n in range(60):
+        if n % 3 == 1:
+            message = {"type": "media-state", "payload": {"audio": n % 2 == 0, "video": True}}
+        else:
+            message = {"type": "app", "to": b.peer_id, "payload": {"n": n}}
+        sent.append(message["type"])
+        await a.send(message)
+    got = [(await b.recv())["type"] for _ in sent]
+    assert got == sent
+    await a.close()
+    await b.close()
