@@ -78,16 +78,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if results.get("failures") else 0
 
 
-SOAK_HEADING = "\n## Soak (issue 4)"
+# Sections written by hand or by other commands (`python -m bench.soak`): a
+# rewrite keeps everything from the first of them to the end.
+KEPT_HEADINGS = ("\n## Findings", "\n## Soak (issue 4)")
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
     plot_path = report.plot(results)
     text = report.render(results, results.get("command", "bench/run.sh"), plot_path)
-    # The soak section comes from `python -m bench.soak`, a separate run: keep it.
     previous = out.read_text() if out.exists() else ""
-    if SOAK_HEADING in previous:
-        text = text.rstrip("\n") + "\n" + previous[previous.index(SOAK_HEADING) :]
+    kept = [previous.index(heading) for heading in KEPT_HEADINGS if heading in previous]
+    if kept:
+        text = text.rstrip("\n") + "\n" + previous[min(kept) :]
     out.write_text(text)
     print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
 

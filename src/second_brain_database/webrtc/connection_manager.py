@@ -1,9 +1,10 @@
 """Signaling sessions: one per accepted WebSocket, fanned out by the broker.
 
 The manager owns this process's local connections, grouped by room. Each
-session reads client frames in its own task and sends through its socket's
-bounded queue (webrtc/transport.py), so a client that cannot keep up is
-closed instead of slowing delivery to anyone else.
+session reads client frames in its own task (with the embedded broker,
+relays and pings are handled as they arrive instead: ``_handle_now``) and
+sends through its socket's bounded queue (webrtc/transport.py), so a client
+that cannot keep up is closed instead of slowing delivery to anyone else.
 
 A session that ends without ``leave`` hands its peer over for resume: it
 marks the peer away, waits for the broker's barrier (every frame published
