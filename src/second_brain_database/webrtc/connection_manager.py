@@ -40,7 +40,13 @@ from second_brain_database.webrtc.broker import (
     ResumeRefused,
     RoomFull,
 )
-from second_brain_database.webrtc.broker.base import BARRIER, KICK, MAILBOX_MAX_FRAMES, REPLACED
+from second_brain_database.webrtc.broker.base import (
+    BARRIER,
+    KICK,
+    MAILBOX_MAX_FRAMES,
+    REPLACED,
+    SynchronousBroker,
+)
 from second_brain_database.webrtc.ratelimit import TokenBucket
 from second_brain_database.webrtc.schemas import (
     PONG_FRAME,
@@ -258,7 +264,7 @@ class ConnectionManager:
         self._rooms: dict[str, dict[str, Session]] = {}
         # Relay latency is a cross-instance figure: in-process delivery (the
         # embedded broker) would only add zeros, at a histogram lock a message.
-        self._measure_relay = not broker.synchronous
+        self._measure_relay = not isinstance(broker, SynchronousBroker)
         broker.set_delivery(self.deliver)
         broker.set_resync(self.resync)
 
@@ -381,7 +387,7 @@ class ConnectionManager:
                 mailbox,
             )
             del participants, mailbox  # held by this frame for the whole session otherwise
-            if self.broker.synchronous:
+            if isinstance(self.broker, SynchronousBroker):
                 session.socket.handle_on_arrival(functools.partial(self._handle_now, session))
             await self._read_forever(session)
         finally:
@@ -512,6 +518,9 @@ class ConnectionManager:
         The order of the checks differs from the reader's in one way: the frame
         is parsed before its rate-limit token is spent (to know it is one of
         these); the limit and its close are the same."""
+        broker = self.broker
+        if not isinstance(broker, SynchronousBroker):
+            return False
         if session.end is not None or not isinstance(data, str) or self._too_big(data):
             return False
         try:
@@ -526,7 +535,7 @@ class ConnectionManager:
             metrics.count_received(message.type.value)
             if isinstance(message, PingMessage):
                 session.enqueue(_PONG)
-            elif not self.broker.publish_now(session.room_id, self._relayed(session, message)):
+            elif not broker.publish_now(session.room_id, self._relayed(session, message)):
                 raise ProtocolError(
                     ErrorCode.UNKNOWN_PEER, f"no peer {message.to} in the room", message.id
                 )

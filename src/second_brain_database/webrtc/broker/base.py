@@ -18,7 +18,6 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import orjson
 
@@ -272,14 +271,6 @@ class Broker(ABC):
         """Deliver to the room (``to`` empty) or to one peer; False (nothing
         sent) when ``envelope.to`` is not a member. One backend round trip."""
 
-    # True when publishing never waits (the embedded broker delivers in
-    # process): then :meth:`publish_now` may be called in place of publish.
-    synchronous: ClassVar[bool] = False
-
-    def publish_now(self, room_id: str, envelope: Envelope) -> bool:
-        """:meth:`publish`, done before returning; only when :attr:`synchronous`."""
-        raise NotImplementedError(f"{type(self).__name__} publishes asynchronously")
-
     @abstractmethod
     async def set_media(self, room_id: str, media: bytes, envelope: Envelope) -> None:
         """Record the media state of the envelope's sender (its ``exclude``)
@@ -301,3 +292,12 @@ class Broker(ABC):
         and the cursor of the next page (``"0"`` after the last). SCAN
         semantics: a page may be shorter or longer than ``count``, and a room
         that exists for the whole walk is listed at least once."""
+
+
+class SynchronousBroker(Broker):
+    """A broker whose publishing never waits (the embedded one delivers in
+    process), so a message can be relayed from a read callback."""
+
+    @abstractmethod
+    def publish_now(self, room_id: str, envelope: Envelope) -> bool:
+        """:meth:`publish`, done before returning."""

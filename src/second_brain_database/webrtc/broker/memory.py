@@ -22,7 +22,6 @@ from second_brain_database.webrtc.broker.base import (
     MAILBOX_MAX_FRAMES,
     NOT_INVITED,
     POLICY_TTL_S,
-    Broker,
     Envelope,
     JoinRefused,
     Member,
@@ -32,6 +31,7 @@ from second_brain_database.webrtc.broker.base import (
     ResumeRefused,
     RoomFull,
     RoomPolicy,
+    SynchronousBroker,
     secret_digest,
 )
 from second_brain_database.webrtc.schemas import Participant
@@ -65,7 +65,7 @@ class _Room:
             expiry.cancel()
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(SynchronousBroker):
     def __init__(self, *, resume_ttl: float) -> None:
         super().__init__(resume_ttl=resume_ttl)
         self._rooms: dict[str, _Room] = {}
@@ -189,8 +189,6 @@ class MemoryBroker(Broker):
             expiry.cancel()
         mailbox = list(room.mailboxes.pop(peer_id, ()))
         return Resumed(self._participants(room), mailbox)
-
-    synchronous = True
 
     async def publish(self, room_id: str, envelope: Envelope) -> bool:
         return self.publish_now(room_id, envelope)
