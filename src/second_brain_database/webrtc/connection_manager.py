@@ -97,6 +97,10 @@ _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 _PONG = PONG_FRAME.decode()
 
 
+def _unknown_peer(message: TargetableMessage) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {message.to} in the room", message.id)
+
+
 class Flag:
     """A one-shot ``asyncio.Event`` that allocates nothing until awaited (an
     Event's waiter deque is 760 bytes, twice per session)."""
@@ -536,9 +540,7 @@ class ConnectionManager:
             if isinstance(message, PingMessage):
                 session.enqueue(_PONG)
             elif not broker.publish_now(session.room_id, self._relayed(session, message)):
-                raise ProtocolError(
-                    ErrorCode.UNKNOWN_PEER, f"no peer {message.to} in the room", message.id
-                )
+                raise _unknown_peer(message)
         except ProtocolError as error:
             self._send_error(session, error)
         except SessionEnded:
@@ -567,9 +569,7 @@ class ConnectionManager:
         if isinstance(message, TARGETABLE):
             envelope = self._relayed(session, message)
             if not await self.broker.publish(session.room_id, envelope):
-                raise ProtocolError(
-                    ErrorCode.UNKNOWN_PEER, f"no peer {message.to} in the room", message.id
-                )
+                raise _unknown_peer(message)
         elif isinstance(message, MediaStateMessage):
             media = message.payload.model_dump(exclude_none=True)
             envelope = frames.relayed(message.type, session.member, None, media)
