@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 
 from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
 from second_brain_database.config import Settings
@@ -60,6 +59,7 @@ from second_brain_database.webrtc.schemas import (
     LeaveMessage,
     MediaStateMessage,
     OfferMessage,
+    PayloadModel,
     PingMessage,
     ProtocolError,
     RefreshMessage,
@@ -268,7 +268,8 @@ class ConnectionManager:
         self._rooms: dict[str, dict[str, Session]] = {}
         # Relay latency is a cross-instance figure: in-process delivery (the
         # embedded broker) would only add zeros, at a histogram lock a message.
-        self._measure_relay = not isinstance(broker, SynchronousBroker)
+        self._synchronous_broker = broker if isinstance(broker, SynchronousBroker) else None
+        self._measure_relay = self._synchronous_broker is None
         broker.set_delivery(self.deliver)
         broker.set_resync(self.resync)
 
@@ -391,7 +392,7 @@ class ConnectionManager:
                 mailbox,
             )
             del participants, mailbox  # held by this frame for the whole session otherwise
-            if isinstance(self.broker, SynchronousBroker):
+            if self._synchronous_broker is not None:
                 session.socket.handle_on_arrival(functools.partial(self._handle_now, session))
             await self._read_forever(session)
         finally:
@@ -522,8 +523,8 @@ class ConnectionManager:
         The order of the checks differs from the reader's in one way: the frame
         is parsed before its rate-limit token is spent (to know it is one of
         these); the limit and its close are the same."""
-        broker = self.broker
-        if not isinstance(broker, SynchronousBroker):
+        broker = self._synchronous_broker
+        if broker is None:
             return False
         if session.end is not None or not isinstance(data, str) or self._too_big(data):
             return False
@@ -555,8 +556,8 @@ class ConnectionManager:
     @staticmethod
     def _relayed(session: Session, message: TargetableMessage) -> Envelope:
         payload = message.payload
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(exclude_none=True)
+        if isinstance(payload, PayloadModel):
+            payload = payload.as_json()
         if message.to == session.peer_id:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "cannot send to yourself", message.id)
         try:
@@ -571,7 +572,7 @@ class ConnectionManager:
             if not await self.broker.publish(session.room_id, envelope):
                 raise _unknown_peer(message)
         elif isinstance(message, MediaStateMessage):
-            media = message.payload.model_dump(exclude_none=True)
+            media = message.payload.as_json()
             envelope = frames.relayed(message.type, session.member, None, media)
             await self.broker.set_media(session.room_id, orjson.dumps(media), envelope)
         elif isinstance(message, PingMessage):
