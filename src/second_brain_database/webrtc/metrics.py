@@ -128,15 +128,20 @@ _sent = {kind: Tally(MESSAGES_SENT.labels(type=kind)) for kind in (*FRAME_TYPES,
 _TYPE_PREFIX = '{"type":"'
 
 
-def frame_type(frame: str) -> str:
-    """The ``type`` of a server frame, read from its first field without
-    parsing it: every server frame is serialized with ``type`` first."""
-    if frame.startswith(_TYPE_PREFIX):
-        end = frame.find('"', len(_TYPE_PREFIX))
-        kind = frame[len(_TYPE_PREFIX) : end]
-        if kind in _sent:
-            return kind
-    return "other"
+_START = len(_TYPE_PREFIX)
+_OTHER = _sent["other"]
+
+
+def count_sent_frame(frame: str) -> None:
+    """One frame written to a client, by its ``type``, read from its first
+    field without parsing it (every server frame is serialized with ``type``
+    first); anything else counts as "other", so no frame can mint a label."""
+    tally = (
+        _sent.get(frame[_START : frame.find('"', _START)])
+        if frame.startswith(_TYPE_PREFIX)
+        else None
+    )
+    (tally or _OTHER).inc()
 
 
 _received: dict[str, Tally] = {}
@@ -148,10 +153,6 @@ def count_received(kind: str) -> None:
     if tally is None:  # resolved once per type: labels() takes a lock and a dict walk
         tally = _received[kind] = Tally(MESSAGES_RECEIVED.labels(type=kind))
     tally.inc()
-
-
-def count_sent_frame(frame: str) -> None:
-    _sent[frame_type(frame)].inc()
 
 
 def observe_relay(ingress_time: float) -> None:

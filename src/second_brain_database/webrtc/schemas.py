@@ -332,14 +332,16 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
-    ref = raw.get("id")
-    ref = ref[:MAX_ID_CHARS] if isinstance(ref, str) else None
-    kind = raw.get("type")
-    if isinstance(kind, str) and kind in SERVER_ONLY_TYPES:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"'{kind}' is sent by the server only", ref)
     try:
         return _client_message_adapter.validate_python(raw)
     except ValidationError as exc:
+        # Worked out only for a refused frame: the hot path is the valid one.
+        ref = raw.get("id")
+        ref = ref[:MAX_ID_CHARS] if isinstance(ref, str) else None
+        kind = raw.get("type")
+        if isinstance(kind, str) and kind in SERVER_ONLY_TYPES:
+            why = f"'{kind}' is sent by the server only"
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, why, ref) from None
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), ref) from None
 
 
