@@ -292,9 +292,9 @@ def test_a_frame_header_claiming_a_huge_length_closes_with_1009(ws: RawWebSocket
 def test_an_unsupported_version_is_refused(prod: SbdServer) -> None:
     with pytest.raises(HandshakeRefused) as refused:
         RawWebSocket.open(prod.port, f"/ws/webrtc/v?token={make_token()}", version="8")
-    # RFC 6455 4.4 wants 426 with Sec-WebSocket-Version: 13; websockets (under
-    # uvicorn) answers a bare 400. Refused all the same: recorded as a deviation.
-    assert refused.value.status_line.startswith("HTTP/1.1 400")
+    # RFC 6455 4.4: 426, naming the version the server speaks.
+    assert refused.value.status_line.startswith("HTTP/1.1 426")
+    assert refused.value.headers.get("sec-websocket-version") == "13"
 
 
 @pytest.mark.parametrize(

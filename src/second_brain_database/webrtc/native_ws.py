@@ -35,6 +35,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Any, cast
 
 from uvicorn.config import Config
@@ -271,10 +272,28 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
     def handle_connect(self, event: Request) -> None:
+        versions = event.headers.get_all("Sec-WebSocket-Version")
+        if versions and versions != ["13"]:
+            self._refuse_version(event)
+            return
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][NATIVE_EXTENSION] = {"attach": self.attach}
+
+    def _refuse_version(self, event: Request) -> None:
+        """RFC 6455 section 4.4: a version this server does not speak gets 426
+        and the one it does (the websockets library answers a bare 400);
+        otherwise as uvicorn refuses a handshake."""
+        self.request = event
+        self.response = self.conn.reject(
+            HTTPStatus.UPGRADE_REQUIRED, "Unsupported WebSocket version: this server speaks 13.\n"
+        )
+        self.response.headers["Sec-WebSocket-Version"] = "13"
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.conn.send_response(self.response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
 
     def attach(self, queue_size: int) -> NativeSocket:
         """Hand the accepted connection to a session: what the ASGI queue
