@@ -23,11 +23,12 @@ Together these take a relayed message from about 45 to about 30 us of CPU,
 and an idle connection from about 50 to about 15 KB (BENCHMARKS.md).
 
 The handshake and the keepalive pings are uvicorn's ``websockets-sansio``
-protocol's, unchanged. This module leans on that protocol's internals, so
-pyproject.toml caps uvicorn at the minor version the contract suite ran on. Client frames after the handshake are parsed by
+protocol's, unchanged. Client frames after the handshake are parsed by
 :class:`~second_brain_database.webrtc.rfc6455.ClientFrameParser` (UTF-8,
 fragmentation, control frames, the close handshake, size limits) instead of
 the websockets library's parser, for every connection, taken over or not.
+This module leans on uvicorn's protocol internals, so pyproject.toml caps
+uvicorn at the minor version the contract suite ran on.
 """
 
 from __future__ import annotations
