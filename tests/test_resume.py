@@ -1,18 +1,30 @@
-"""Session resume: a dropped peer comes back, keeps its id, and misses nothing."""
+"""Session resume: a dropped peer comes back, keeps its id, and misses nothing.
+
+The single-instance tests run on both WebSocket paths, native and plain ASGI
+(the ``server`` fixture below): what a session had not sent when its
+connection went is kept by its socket, and each path keeps it its own way.
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import RESUME_TTL
+from tests.conftest import RESUME_TTL, start_shared_server
 from tests.peers import Peer, make_token
 from tests.servers import SbdServer
 
 _rooms = itertools.count()
 Cluster = tuple[SbdServer, SbdServer]
+
+
+@pytest.fixture(scope="session", params=["memory", "redis", "asgi"])
+def server(request: pytest.FixtureRequest, artifacts_dir: Path) -> Iterator[SbdServer]:
+    yield from start_shared_server(request, artifacts_dir)
 
 
 def new_room() -> str:

@@ -104,11 +104,13 @@ class AsgiSocket(SignalingSocket):
         return data
 
     def send(self, frame: str) -> bool:
-        if self._failed:
-            return True  # the reader sees the connection go and ends the session
         if len(self._outbox) >= self._limit:
             return False
+        # After a failed write the frame stays queued, for the peer's mailbox
+        # (Session.unsent): the reader sees the connection go and ends the session.
         self._outbox.append(frame)
+        if self._failed:
+            return True
         self._ready.set()
         self._drained.clear()
         if self._writer is None:
@@ -131,11 +133,14 @@ class AsgiSocket(SignalingSocket):
             self._sending = None  # possibly sent: never deliver it twice
             raise
         except Exception:
-            # The client went away; its reader gets the disconnect and ends the session.
+            # The client went away; its reader gets the disconnect and ends the
+            # session. The frame being sent stays in _sending: it was not sent.
             self._failed = True
             self._drained.set()
 
     async def flush(self, timeout: float) -> None:
+        if self._failed:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
 
