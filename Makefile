@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-test system-deps
+.PHONY: serve test lint typecheck pytest setup setup-test system-deps conformance
 
 $(BIN)/sbd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,19 @@ pytest: setup-test system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Autobahn|Testsuite (scripts/conformance.py): Python 2 code, so it goes into
+# .autobahn/ with pyenv's Python 2.7 and these pins, once; no network after.
+PYTHON2 ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)/versions/2.7.18/bin/python
+AUTOBAHN := .autobahn
+AUTOBAHN_PINS := autobahntestsuite==0.8.2 autobahn==0.10.9 Twisted==19.10.0 txaio==2.1.0 \
+	zope.interface==4.7.2 Jinja2==2.11.3 MarkupSafe==1.1.1 six==1.17.0
+
+$(AUTOBAHN)/.installed:
+	$(PYTHON2) -m pip --version >/dev/null 2>&1 || $(PYTHON2) -m ensurepip
+	$(PYTHON2) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+		--target $(AUTOBAHN) $(AUTOBAHN_PINS)
+	@touch $@
+
+conformance: setup-test $(AUTOBAHN)/.installed
+	$(BIN)/python scripts/conformance.py --autobahn $(AUTOBAHN) --python2 $(PYTHON2)

@@ -76,11 +76,24 @@ class RawWebSocket:
 
     @classmethod
     def open(
-        cls, port: int, path: str, *, headers: str = "", version: str = "13", timeout: float = 5
+        cls,
+        port: int,
+        path: str,
+        *,
+        headers: str = "",
+        version: str = "13",
+        timeout: float = 5,
+        rcvbuf: int | None = None,
     ) -> RawWebSocket:
-        """Handshake (checking ``Sec-WebSocket-Accept``) or raise HandshakeRefused."""
+        """Handshake (checking ``Sec-WebSocket-Accept``) or raise HandshakeRefused.
+        ``rcvbuf``: the socket's receive buffer, set before connecting (a
+        client that reads slowly, with a small window from the start)."""
         key = base64.b64encode(os.urandom(16)).decode()
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock = socket.socket()
+        sock.settimeout(timeout)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(("127.0.0.1", port))
         request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

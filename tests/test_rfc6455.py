@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from second_brain_database.webrtc.rfc6455 import ClientFrameParser
+from second_brain_database.webrtc.rfc6455 import MAX_FRAGMENTS, ClientFrameParser
 from tests.rawws import BINARY, CLOSE, CONT, PING, PONG, TEXT, build_frame
 
 MAX_SIZE = 1000
@@ -40,7 +40,7 @@ class Recorder:
 
 def parse(stream: bytes, cuts: list[int] | None = None) -> list[tuple[Any, ...]]:
     recorder = Recorder()
-    parser = ClientFrameParser(recorder, MAX_SIZE)
+    parser = ClientFrameParser(recorder, MAX_SIZE, MAX_FRAGMENTS)
     edges = [0, *sorted(c for c in cuts or [] if 0 < c < len(stream)), len(stream)]
     for start, end in itertools.pairwise(edges):
         parser.feed(stream[start:end])
@@ -143,3 +143,84 @@ def test_sendable_close_codes_are_reported_and_nothing_after_them(code: int) -> 
     close = struct.pack("!H", code) + b"reason"
     events = parse(build_frame(CLOSE, close) + build_frame(TEXT, b"late"))
     assert events == [("close", code, "reason", close)]
+
+
+def parser_and_recorder(max_fragments: int = MAX_FRAGMENTS) -> tuple[ClientFrameParser, Recorder]:
+    recorder = Recorder()
+    return ClientFrameParser(recorder, MAX_SIZE, max_fragments), recorder
+
+
+@pytest.mark.parametrize(
+    "violation",
+    [
+        build_frame(TEXT, b"x", rsv=2),  # Autobahn 3.2
+        build_frame(0x3),  # 4.1.3: a reserved opcode
+        build_frame(0xB),  # 4.2.3
+        build_frame(CONT, b"x"),  # 5.15: a continuation with no message
+    ],
+)
+def test_messages_before_a_violation_in_the_same_read_are_delivered_first(
+    violation: bytes,
+) -> None:
+    stream = build_frame(TEXT, b"Hello") + build_frame(BINARY, b"\x00") + violation
+    assert parse(stream + build_frame(PING)) == [
+        ("message", "Hello"),
+        ("message", b"\x00"),
+        ("violation", 1002),
+    ]
+
+
+INVALID_UTF8 = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80"  # Autobahn 6.4
+
+
+def test_invalid_utf8_in_a_fragment_fails_before_the_message_ends() -> None:
+    parser, recorder = parser_and_recorder()
+    parser.feed(build_frame(TEXT, b"\xce\xba", fin=False))
+    assert recorder.events == []
+    parser.feed(build_frame(CONT, b"\xf4\x90\x80\x80", fin=False))  # above U+10FFFF
+    assert recorder.events == [("violation", 1007)]
+
+
+@pytest.mark.parametrize("cut", [len(INVALID_UTF8) - 2, len(INVALID_UTF8) - 1])
+def test_invalid_utf8_in_a_frame_still_arriving_fails_at_once(cut: int) -> None:
+    """Autobahn 6.4.3/6.4.4: the frame's payload arrives in chops; the chop
+    with the invalid bytes fails the connection before the frame is whole."""
+    frame = build_frame(TEXT, INVALID_UTF8 + b"edited")
+    parser, recorder = parser_and_recorder()
+    parser.feed(frame[: 6 + 11])  # header, mask and the valid first characters
+    assert recorder.events == []
+    parser.feed(frame[6 + 11 : 6 + cut + 1])
+    assert recorder.events == [("violation", 1007)]
+
+
+@given(
+    text=st.text(max_size=200),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+    parts=st.integers(min_value=1, max_value=5),
+)
+@settings(max_examples=200, deadline=None)
+def test_valid_text_in_any_chops_and_fragments_arrives_whole(
+    text: str, cuts: list[int], parts: int
+) -> None:
+    stream = fragmented(TEXT, text.encode(), parts)
+    assert parse(stream, cuts) == [("message", text)]
+
+
+def test_fragments_per_message_are_capped_with_1009() -> None:
+    parser, recorder = parser_and_recorder(max_fragments=3)
+    parser.feed(b"".join(build_frame(c, b"", fin=False) for c in (TEXT, CONT, CONT)))
+    assert recorder.events == []
+    parser.feed(build_frame(CONT, b"", fin=True))
+    assert recorder.events == [("violation", 1009)]
+
+
+def test_a_message_with_as_many_fragments_as_allowed_arrives() -> None:
+    parser, recorder = parser_and_recorder(max_fragments=3)
+    parser.feed(fragmented(TEXT, b"abc", 3))
+    assert recorder.events == [("message", "abc")]
+
+
+def test_one_byte_fragments_add_up_to_the_size_cap() -> None:
+    parser, recorder = parser_and_recorder(max_fragments=10 * MAX_SIZE)
+    parser.feed(fragmented(BINARY, b"x" * (MAX_SIZE + 1), MAX_SIZE + 1))
+    assert recorder.events == [("violation", 1009)]

@@ -107,8 +107,12 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=log_config,
             proxy_headers=args.proxy_headers,
             forwarded_allow_ips=args.forwarded_allow_ips,
+            # Request-head bounds (size, time, how many wait) for every --ws choice.
+            http="second_brain_database.webrtc.native_ws:SignalingHttpProtocol",
             ws=WS_IMPLEMENTATIONS[args.ws],
             ws_max_size=settings.max_message_bytes,
+            # The native protocol refuses to run with it on (it does not
+            # decompress); uvicorn's default is on.
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=10,
         )

@@ -65,6 +65,38 @@ class Settings(BaseSettings):
     handshake_rate_per_s: float = Field(default=20, ge=0)
     handshake_burst: int = Field(default=200, gt=0)
     max_connections_per_user: int = Field(default=100, ge=0)
+    # Hostile-client bounds of the WebSocket layer (webrtc/native_ws.py,
+    # webrtc/rfc6455.py; docs/security.md).
+    max_message_fragments: int = Field(
+        default=1024,
+        gt=0,
+        description="Frames one client message may be sent in; past it the connection "
+        "is closed with 1009.",
+    )
+    close_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds a client has, after the server's close frame, to answer it "
+        "and take what was sent; then its socket is aborted.",
+    )
+    max_handshake_bytes: int = Field(
+        default=16384,
+        gt=0,
+        description="Bytes of an HTTP request head (a WebSocket handshake or any request); "
+        "past it the answer is 431 and the connection is closed.",
+    )
+    handshake_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from connecting (or from the start of the next request on a "
+        "kept-alive connection) to a complete request head; then the socket is aborted.",
+    )
+    max_pending_handshakes: int = Field(
+        default=1024,
+        gt=0,
+        description="Connections per process that may be waiting for their request head "
+        "at once; connections past it are aborted on arrival.",
+    )
 
     database_path: Path = Path("./sbd.sqlite3")
     instance_id: str = Field(default_factory=lambda: secrets.token_hex(6))

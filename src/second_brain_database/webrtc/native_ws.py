@@ -1,11 +1,13 @@
-"""uvicorn's WebSocket protocol, with a direct path for signaling sessions.
+"""uvicorn's WebSocket and HTTP protocols, extended: the one module that
+touches uvicorn's internals.
 
-``sbd serve`` runs uvicorn with ``ws=SignalingWebSocketProtocol``. Every
-WebSocket still goes through the ASGI application for its handshake, so
-routing, dependencies (token checks, admission limits), middleware and
-rejections with close codes work as under any ASGI server. The scope carries
-one extension, :data:`~second_brain_database.webrtc.transport.NATIVE_EXTENSION`;
-a signaling session that finds it takes the accepted connection over with
+``sbd serve`` runs uvicorn with ``ws=SignalingWebSocketProtocol`` and
+``http=SignalingHttpProtocol``. Every WebSocket still goes through the ASGI
+application for its handshake, so routing, dependencies (token checks,
+admission limits), middleware and rejections with close codes work as under
+any ASGI server. The scope carries one extension,
+:data:`~second_brain_database.webrtc.transport.NATIVE_EXTENSION`; a signaling
+session that finds it takes the accepted connection over with
 :class:`NativeSocket` and from then on reads and writes frames directly:
 
 - a client message is handed to the session as a ``str``, not as an ASGI
@@ -19,34 +21,63 @@ a signaling session that finds it takes the accepted connection over with
   session has started, and with it the middleware, routing and dependency
   frames, the scope and the handshake's headers are freed.
 
-Together these take a relayed message from about 45 to about 30 us of CPU,
-and an idle connection from about 50 to about 15 KB (BENCHMARKS.md).
-
 The handshake and the keepalive pings are uvicorn's ``websockets-sansio``
-protocol's, unchanged. Client frames after the handshake are parsed by
-:class:`~second_brain_database.webrtc.rfc6455.ClientFrameParser` (UTF-8,
-fragmentation, control frames, the close handshake, size limits) instead of
+protocol's. Client frames after the handshake are parsed by
+:class:`~second_brain_database.webrtc.rfc6455.ClientFrameParser` instead of
 the websockets library's parser, for every connection, taken over or not.
-This module leans on uvicorn's protocol internals, so pyproject.toml caps
-uvicorn at the minor version the contract suite ran on.
+Hostile clients are bounded here: the request head (size, time, how many
+connections may be waiting for theirs), an HTTP/1.0 upgrade (refused), pongs
+(one pending at most), and a close the client never answers (the socket is
+aborted after ``SBD_CLOSE_TIMEOUT_S``). docs/security.md lists the limits.
+
+What of uvicorn this module uses, and so what a uvicorn upgrade must keep
+(pyproject.toml caps uvicorn at the minor version `make test-uvicorn-latest`
+last passed on; docs/conformance.md):
+
+- ``uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol``,
+  subclassed. Attributes read or set: ``app``, ``scope``, ``queue`` (replaced
+  by :class:`_DisconnectRoute` once a session reads natively), ``request``,
+  ``response``, ``conn`` (the websockets ``ServerProtocol``: ``reject``,
+  ``send_response``, ``send_close``, ``data_to_send``,
+  ``available_extensions``), ``transport``, ``loop``, ``tasks``, ``logger``,
+  ``handshake_initiated``, ``handshake_complete``, ``close_sent``,
+  ``disconnected``, ``close_timer``, ``close_timeout``, ``read_paused``,
+  ``writable``, ``config.ws_max_size``, ``config.ws_per_message_deflate``.
+  Methods overridden: ``run_asgi`` (uvicorn's, except that an application
+  that handed the connection to a session leaves it open), ``handle_connect``,
+  ``data_received``, ``pause_writing``, ``resume_writing``, ``send``,
+  ``receive``. Methods called: ``handle_connect``, ``data_received`` (the
+  handshake), ``handle_pong``, ``send``, ``receive``, ``send_500_response``.
+- ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``, subclassed.
+  Attributes: ``transport``, ``loop``, ``scope``, ``parser``. Methods
+  overridden: ``connection_made``, ``connection_lost``, ``data_received``,
+  ``on_message_begin``, ``on_headers_complete``,
+  ``handle_websocket_upgrade``; called: ``send_400_response``.
+- ``uvicorn.protocols.utils.ClientDisconnected``; ``uvicorn.config.Config``
+  and ``uvicorn.server.ServerState`` (constructor arguments only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Any, cast
+from socket import SO_LINGER, SOL_SOCKET
+from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
+from second_brain_database.config import get_settings
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.rfc6455 import (
     FIN,
@@ -67,6 +98,20 @@ logger = logging.getLogger(__name__)
 # Reading pauses when this many client messages wait for the session, and
 # resumes once it has taken them all.
 INBOX_HIGH_WATER = 64
+
+
+def abort_transport(transport: asyncio.Transport) -> None:
+    """Drop the connection and what its buffers hold, now. (A plain close, or
+    asyncio's abort, leaves unsent data to the kernel, which keeps the socket
+    and its buffer until the peer reads; linger 0 makes the close a reset.)"""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_SOCKET, SO_LINGER, _LINGER_OFF)
+    transport.abort()
+
+
+_LINGER_OFF = struct.pack("ii", 1, 0)
 
 
 class NativeSocket(SignalingSocket):
@@ -117,6 +162,9 @@ class NativeSocket(SignalingSocket):
             self._protocol.pause_reading()
         self._wake()
 
+    def has_unread(self) -> bool:
+        return bool(self._inbox)
+
     def connection_gone(self, code: int) -> None:
         if self._gone is None:
             self._gone = code
@@ -155,6 +203,8 @@ class NativeSocket(SignalingSocket):
                     self._protocol.resume_reading()
                 return message
             if self._gone is not None:
+                # Every message before a violation has been taken: now fail.
+                self._protocol.fail_pending()
                 raise ClientGone(self._gone)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -217,6 +267,9 @@ class _DisconnectRoute:
         if item.get("type") == "websocket.disconnect":
             self._socket.connection_gone(int(item.get("code", 1006)))
 
+    def empty(self) -> bool:
+        return not self._socket.has_unread()
+
 
 class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
     """``WebSocketsSansIOProtocol`` plus :class:`NativeSocket` for sessions."""
@@ -229,9 +282,25 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        if self.conn.available_extensions:
+            # ClientFrameParser refuses every reserved bit: a compressed frame
+            # (RSV1) would fail every connection that negotiated it.
+            raise RuntimeError(
+                "SignalingWebSocketProtocol does not decompress: run uvicorn with "
+                "ws_per_message_deflate=False"
+            )
+        settings = get_settings()
+        self.close_timeout = settings.close_timeout_s
+        self.max_fragments = settings.max_message_fragments
         self.native: NativeSocket | None = None
         self.native_session: asyncio.Task[None] | None = None
         self.frame_parser: ClientFrameParser | None = None
+        # A violation whose close waits until the application has taken the
+        # messages that arrived before it.
+        self.pending_failure: tuple[int, str] | None = None
+        # The client's close or a violation ended the connection, not the app.
+        self.ended_by_client = False
+        self.pending_pong: bytes | None = None
 
     async def run_asgi(self) -> None:
         # uvicorn's own, except that an application that returns after handing
@@ -254,13 +323,13 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             # (about 4 KB), and nothing reads it once the application returned.
             del self.scope
         elif self.close_timer is None:
-            self.transport.close()
+            self.close_transport()
 
     def run_detached(self, session: Coroutine[Any, Any, None]) -> None:
         """Run the session in a task of its own, so that the ASGI call returns
-        and its frames (the middleware, routing and dependency stack: about
-        13 KB per connection) are freed. uvicorn's shutdown waits for the task
-        as it would for the ASGI call."""
+        and its frames (the middleware, routing and dependency stack) are
+        freed. uvicorn's shutdown waits for the task as it would for the ASGI
+        call."""
         task = self.loop.create_task(session)
         task.add_done_callback(self._session_done)
         self.tasks.add(task)
@@ -271,7 +340,7 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
         if not task.cancelled() and task.exception() is not None:
             logger.error("signaling session failed", exc_info=task.exception())
         if self.close_timer is None:
-            self.transport.close()
+            self.close_transport()
 
     def handle_connect(self, event: Request) -> None:
         versions = event.headers.get_all("Sec-WebSocket-Version")
@@ -295,14 +364,14 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.conn.send_response(self.response)
         self.transport.write(b"".join(self.conn.data_to_send()))
-        self.transport.close()
+        self.close_transport()
 
     def attach(self, queue_size: int) -> NativeSocket:
         """Hand the accepted connection to a session: what the ASGI queue
         holds so far is moved over, in order, and the ASGI receive path ends."""
         socket = NativeSocket(self, queue_size)
-        # Only put_nowait is called on the queue from here on (uvicorn's
-        # receive() is the ASGI path's, which this connection has left).
+        # Only put_nowait and empty are called on the queue from here on
+        # (uvicorn's receive() is the ASGI path's, which this connection has left).
         pending, self.queue = self.queue, cast(Any, _DisconnectRoute(socket))
         self.native = socket
         # The handshake's request and response are done with. (The request
@@ -321,6 +390,27 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         return socket
 
+    # --- the ASGI path: errors the application expects, in order ------------
+
+    async def send(self, message: Any) -> None:
+        if self.ended_by_client and message["type"] in ("websocket.send", "websocket.close"):
+            # The client closed or broke the connection: for the application
+            # an I/O error (ASGI's "send on a closed connection"), not the
+            # RuntimeError uvicorn keeps for applications that close twice.
+            if message["type"] == "websocket.send":
+                raise ClientDisconnected()
+            return
+        await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
+
+    async def receive(self) -> Any:
+        event = await super().receive()
+        if event["type"] == "websocket.disconnect":
+            self.fail_pending()
+        return event
+
     # --- client frames: rfc6455.ClientFrameParser after the handshake -------
 
     def data_received(self, data: bytes) -> None:
@@ -328,7 +418,7 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             # The upgrade request (uvicorn replays it): the handshake is the
             # websockets library's, the frames after it are ours.
             super().data_received(data)
-            self.frame_parser = ClientFrameParser(self, self.config.ws_max_size)
+            self.frame_parser = ClientFrameParser(self, self.config.ws_max_size, self.max_fragments)
             return
         self.frame_parser.feed(data)
 
@@ -346,8 +436,14 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pause_reading()  # until the application has read it
 
     def on_ping(self, payload: bytes) -> None:
-        if not self.close_sent:
-            self.transport.write(encode_frame(FIN | OP_PONG, payload))
+        if self.close_sent:
+            return
+        if not self.writable.is_set():
+            # A client that pings and does not read gets one pong at most,
+            # for its latest ping (RFC 6455 section 5.5.3), once it reads.
+            self.pending_pong = payload
+            return
+        self.transport.write(encode_frame(FIN | OP_PONG, payload))
 
     def on_pong(self, payload: bytes) -> None:
         self.handle_pong(Frame(Opcode.PONG, payload))
@@ -357,21 +453,51 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
             if self.close_timer is not None:
                 self.close_timer.cancel()
                 self.close_timer = None
-            self.transport.close()
+            self.close_transport()
             return
         if not self.transport.is_closing():
+            self.ended_by_client = True
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.transport.write(encode_frame(FIN | OP_CLOSE, payload))  # the echo
-            self.transport.close()
+            self.close_transport()
 
     def on_violation(self, code: int, reason: str) -> None:
-        """Close with ``code``, at once (uvicorn's handle_parser_exception)."""
+        """Fail the connection with ``code`` (uvicorn's handle_parser_exception),
+        once the application has taken every message that arrived before the
+        violation: their answers go out before the close."""
+        self.pending_failure = (code, reason)
+        unread = not self.queue.empty()
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if unread:
+            # An application that stops reading does not keep the connection.
+            self.loop.call_later(self.close_timeout, self.fail_pending)
+        else:
+            self.fail_pending()
+
+    def fail_pending(self) -> None:
+        """Send the close of a violation that waited for the application."""
+        if self.pending_failure is None:
+            return
+        code, reason = self.pending_failure
+        self.pending_failure = None
+        self.ended_by_client = True
         if not (self.close_sent or self.transport.is_closing()):
             close = code.to_bytes(2, "big") + reason.encode()
             self.transport.write(encode_frame(FIN | OP_CLOSE, close))
         self.close_sent = True
+        self.close_transport()
+
+    def close_transport(self) -> None:
+        """Close once the buffer is out, but abort if the client does not take
+        it within the close timeout: one that never reads must not hold a
+        socket and its buffers."""
         self.transport.close()
+        if not self.disconnected:
+            self.loop.call_later(self.close_timeout, self.abort)
+
+    def abort(self) -> None:
+        if not self.disconnected:
+            abort_transport(self.transport)
 
     def pause_reading(self) -> None:
         if not self.read_paused:
@@ -390,17 +516,114 @@ class SignalingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        if self.pending_pong is not None and not (self.close_sent or self.transport.is_closing()):
+            self.transport.write(encode_frame(FIN | OP_PONG, self.pending_pong))
+        self.pending_pong = None
         if self.native is not None:
             self.native.writing_resumed()
 
     def close_natively(self, code: int, reason: str) -> None:
         """The ASGI ``websocket.close`` of an open connection, without its wait
         for the transport to become writable: a client that does not read
-        must not hold a session open."""
+        must not hold a session open. Its socket is aborted if the client has
+        not answered the close within the close timeout."""
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.resume_reading()  # read until the client's close reply
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        if self.transport.is_closing():
+            self.loop.call_later(self.close_timeout, self.abort)
+
+
+class SignalingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on the request head, the part
+    of a connection (a WebSocket handshake or any HTTP request) that a client
+    controls before the application sees it: its size
+    (``SBD_MAX_HANDSHAKE_BYTES``, 431 past it), the time to complete it
+    (``SBD_HANDSHAKE_TIMEOUT_S``, then the socket is aborted) and how many
+    connections of this process may be waiting for theirs
+    (``SBD_MAX_PENDING_HANDSHAKES``, the rest are aborted on arrival). A
+    WebSocket upgrade over HTTP/1.0 gets 400 (RFC 6455 section 4.1)."""
+
+    # Connections of this process whose current request head is incomplete.
+    pending: ClassVar[set[SignalingHttpProtocol]] = set()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = get_settings()
+        self.max_head_bytes = settings.max_handshake_bytes
+        self.head_timeout = settings.handshake_timeout_s
+        self.max_pending = settings.max_pending_handshakes
+        self.head_bytes = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.pending) >= self.max_pending:
+            abort_transport(transport)
+            return
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self.pending.add(self)
+        self.head_bytes = 0
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(
+                self.head_timeout, abort_transport, self.transport
+            )
+
+    def _head_done(self) -> None:
+        self.pending.discard(self)
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self in self.pending
+        super().data_received(data)
+        if waiting and self in self.pending:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head_bytes:
+                self._head_done()
+                self._refuse(431, "Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self not in self.pending:  # the next request on a kept-alive connection
+            self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        if self.scope.get("http_version") == "1.0":
+            self.send_400_response("WebSocket upgrades need HTTP/1.1 or later (RFC 6455 4.1)")
+            return
+        super().handle_websocket_upgrade()
+
+    def _refuse(self, status: int, phrase: str) -> None:
+        body = phrase.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, phrase.encode(), len(body), body)
+        )
+        self.transport.close()
+        self.loop.call_later(self.head_timeout, abort_transport, self.transport)

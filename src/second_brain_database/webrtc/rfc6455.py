@@ -14,6 +14,7 @@ handshake stays the library's. docs/conformance.md lists the cases checked.
 
 from __future__ import annotations
 
+import codecs
 import struct
 from typing import Protocol
 
@@ -31,7 +32,11 @@ NO_STATUS = 1005
 # 1004-1006 and 1015 are reserved, 1016-2999 unassigned, 3000-4999 for use.
 _SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 
+# Fragments one message may have (the default of SBD_MAX_MESSAGE_FRAGMENTS).
+MAX_FRAGMENTS = 1024
+
 _HEADER_16 = struct.Struct("!BBH")
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
@@ -67,19 +72,42 @@ class FrameHandler(Protocol):
 class ClientFrameParser:
     """Masked client frames to handler calls, across any split of the bytes.
 
-    After a close frame or a violation it ignores everything that follows."""
+    Every complete message before a violation in the same bytes is handed
+    on first. A text message's UTF-8 is checked as it arrives, fragment by
+    fragment and, for a frame that is still arriving, read by read, so that
+    invalid text fails at once with 1007 (RFC 6455 section 8.1). A message
+    being assembled is one buffer, whatever its number of fragments, and is
+    bounded in bytes (``max_size``) and fragments (``max_fragments``): 1009
+    past either. After a close frame or a violation it ignores what follows."""
 
-    __slots__ = ("_buffer", "_done", "_fragments", "_handler", "_max_size", "_opcode", "_size")
+    __slots__ = (
+        "_buffer",
+        "_checked",
+        "_decoder",
+        "_done",
+        "_fragments",
+        "_handler",
+        "_max_fragments",
+        "_max_size",
+        "_message",
+        "_opcode",
+    )
 
-    def __init__(self, handler: FrameHandler, max_size: int) -> None:
+    def __init__(self, handler: FrameHandler, max_size: int, max_fragments: int) -> None:
         self._handler = handler
         self._max_size = max_size
+        self._max_fragments = max_fragments
         self._buffer = b""
         self._done = False
-        # A fragmented message in progress: its opcode, parts and size so far.
+        # A fragmented message in progress: its opcode (OP_CONT: none), its
+        # bytes so far and its number of fragments.
         self._opcode = OP_CONT
-        self._fragments: list[bytes] | None = None
-        self._size = 0
+        self._message = bytearray()
+        self._fragments = 0
+        # The UTF-8 check of a text message that arrives in pieces, and how
+        # many payload bytes of the frame at the head of _buffer it has seen.
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._checked = 0
 
     def feed(self, data: bytes) -> None:
         if self._done:
@@ -119,12 +147,23 @@ class ClientFrameParser:
                     return self._violation(PROTOCOL_ERROR, "control frame too long")
             elif opcode > OP_BINARY:
                 return self._violation(PROTOCOL_ERROR, "unknown opcode")
-            elif self._size + length > self._max_size:
+            elif opcode == OP_CONT:
+                if self._opcode == OP_CONT:
+                    return self._violation(PROTOCOL_ERROR, "continuation without a message")
+                if self._fragments >= self._max_fragments:
+                    return self._violation(MESSAGE_TOO_BIG, "too many fragments")
+            elif self._opcode != OP_CONT:
+                return self._violation(PROTOCOL_ERROR, "expected a continuation frame")
+            if opcode < OP_CLOSE and len(self._message) + length > self._max_size:
                 # Checked on the header: an announced 2**62 bytes is refused
                 # before a byte of it is buffered.
                 return self._violation(MESSAGE_TOO_BIG, "message too big")
             end = start + 4 + length
             if available < end:
+                if opcode == OP_TEXT or (opcode == OP_CONT and self._opcode == OP_TEXT):
+                    self._check_arrived(data, start, available)
+                    if self._done:
+                        return
                 break
             payload = apply_mask(data[start + 4 : end], data[start : start + 4])
             position = end
@@ -137,28 +176,54 @@ class ClientFrameParser:
         if position < available:
             self._buffer = data[position:]
 
-    def _data(self, opcode: int, fin: int, payload: bytes) -> None:
-        if opcode == OP_CONT:
-            if self._fragments is None:
-                return self._violation(PROTOCOL_ERROR, "continuation without a message")
-            self._fragments.append(payload)
-            self._size += len(payload)
-            if not fin:
-                return None
-            opcode, payload = self._opcode, b"".join(self._fragments)
-            self._fragments, self._size = None, 0
-        elif self._fragments is not None:
-            return self._violation(PROTOCOL_ERROR, "expected a continuation frame")
-        elif not fin:
-            self._opcode, self._fragments, self._size = opcode, [payload], len(payload)
-            return None
-        if opcode == OP_BINARY:
-            return self._handler.on_message(payload)
+    def _check_arrived(self, data: bytes, start: int, available: int) -> None:
+        """Check the UTF-8 of the part of a text frame that has arrived."""
+        checked = self._checked
+        if available - start - 4 <= checked:
+            return
+        mask = data[start : start + 4]
+        if checked & 3:  # the mask continues where the checked part ends
+            mask = mask[checked & 3 :] + mask[: checked & 3]
+        if self._decoder is None:
+            self._decoder = _utf8_decoder()
         try:
-            text = payload.decode()
+            self._decoder.decode(apply_mask(data[start + 4 + checked : available], mask))
         except UnicodeDecodeError:
             return self._violation(INVALID_DATA, "invalid UTF-8")
-        return self._handler.on_message(text)
+        self._checked = available - start - 4
+        return None
+
+    def _data(self, opcode: int, fin: int, payload: bytes) -> None:
+        if opcode == OP_CONT:
+            opcode = self._opcode
+        elif fin and self._decoder is None:
+            # The common case: a whole message in one frame, in one read.
+            if opcode == OP_BINARY:
+                return self._handler.on_message(payload)
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                return self._violation(INVALID_DATA, "invalid UTF-8")
+            return self._handler.on_message(text)
+        if opcode == OP_TEXT:
+            checked, self._checked = self._checked, 0
+            if self._decoder is None:
+                self._decoder = _utf8_decoder()
+            try:
+                self._decoder.decode(payload[checked:] if checked else payload, bool(fin))
+            except UnicodeDecodeError:
+                return self._violation(INVALID_DATA, "invalid UTF-8")
+        if not fin:
+            self._opcode = opcode
+            self._message += payload
+            self._fragments += 1
+            return None
+        message = bytes(self._message + payload) if self._message else payload
+        self._opcode, self._message, self._fragments = OP_CONT, bytearray(), 0
+        self._decoder = None
+        if opcode == OP_BINARY:
+            return self._handler.on_message(message)
+        return self._handler.on_message(message.decode())  # checked above
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
@@ -183,4 +248,5 @@ class ClientFrameParser:
     def _violation(self, code: int, reason: str) -> None:
         self._done = True
         self._buffer = b""
+        self._message = bytearray()
         self._handler.on_violation(code, reason)
