@@ -147,16 +147,18 @@ class ClientFrameParser:
                     return self._violation(PROTOCOL_ERROR, "control frame too long")
             elif opcode > OP_BINARY:
                 return self._violation(PROTOCOL_ERROR, "unknown opcode")
-            elif opcode == OP_CONT:
-                if self._opcode == OP_CONT:
-                    return self._violation(PROTOCOL_ERROR, "continuation without a message")
-                if self._fragments >= self._max_fragments:
-                    return self._violation(MESSAGE_TOO_BIG, "too many fragments")
-            elif self._opcode != OP_CONT:
-                return self._violation(PROTOCOL_ERROR, "expected a continuation frame")
-            if opcode < OP_CLOSE and len(self._message) + length > self._max_size:
-                # Checked on the header: an announced 2**62 bytes is refused
-                # before a byte of it is buffered.
+            elif opcode != OP_CONT:
+                if self._opcode != OP_CONT:
+                    return self._violation(PROTOCOL_ERROR, "expected a continuation frame")
+                if length > self._max_size:
+                    # Checked on the header: an announced 2**62 bytes is
+                    # refused before a byte of it is buffered.
+                    return self._violation(MESSAGE_TOO_BIG, "message too big")
+            elif self._opcode == OP_CONT:
+                return self._violation(PROTOCOL_ERROR, "continuation without a message")
+            elif self._fragments >= self._max_fragments:
+                return self._violation(MESSAGE_TOO_BIG, "too many fragments")
+            elif len(self._message) + length > self._max_size:
                 return self._violation(MESSAGE_TOO_BIG, "message too big")
             end = start + 4 + length
             if available < end:
