@@ -4,12 +4,16 @@ messages sent the moment the handshake completes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
+from second_brain_database.webrtc.native_ws import SignalingWebSocketProtocol
 from second_brain_database.webrtc.rfc6455 import text_frame
 from tests.peers import Peer, make_token
 from tests.rawws import TEXT, RawWebSocket, build_frame
@@ -71,3 +75,26 @@ async def test_one_clients_messages_keep_their_order_across_both_handling_paths(
     assert got == sent
     await a.close()
     await b.close()
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+def test_the_protocol_refuses_to_run_with_permessage_deflate_configured(deflate: bool) -> None:
+    """The frame parser refuses every reserved bit, so a negotiated
+    permessage-deflate would fail every compressed frame: the protocol itself
+    refuses such a configuration, whoever starts uvicorn."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    config = Config(app=app, ws_per_message_deflate=deflate)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        if deflate:
+            with pytest.raises(RuntimeError, match="ws_per_message_deflate=False"):
+                SignalingWebSocketProtocol(config, ServerState(), {}, loop)
+        else:
+            protocol = SignalingWebSocketProtocol(config, ServerState(), {}, loop)
+            assert not protocol.conn.available_extensions
+    finally:
+        loop.close()
