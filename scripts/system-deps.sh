@@ -19,6 +19,6 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install them with: sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
-echo "installing: ${missing[*]}"
+echo "system-deps: installing missing Debian packages with apt-get: ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

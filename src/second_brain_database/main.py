@@ -24,7 +24,7 @@ STATIC_DIR = Path(__file__).parent / "webrtc" / "static"
 
 # Young-generation collections every 50,000 allocations instead of 700: with
 # thousands of sessions, frequent collections cascade into full ones that
-# stop the event loop for 100-500 ms (bench/proposals/p5, join storm p99).
+# stop the event loop for 100-500 ms (measured as the join storm's p99).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

@@ -11,8 +11,9 @@ On a signaling WebSocket the first frame sent is always the ``welcome``
 (PROTOCOL.md); its ``peer_id`` is bound to the connection's log context
 here, so every later line of the session names the peer.
 
-Counting egress frames here, at the one place every frame leaves the
-process, needs no hook in the session code.
+This middleware sees only frames sent through the ASGI ``send`` callable
+(``--ws asgi``); the native WebSocket path (the default) bypasses ASGI
+sends and counts its frames itself (webrtc/native_ws.py).
 """
 
 from __future__ import annotations

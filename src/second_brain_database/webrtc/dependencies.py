@@ -59,10 +59,6 @@ async def require_room_access(room_id: str, user: CurrentUser) -> Principal:
     return user
 
 
-# Close code when the ticket store (Redis) cannot be reached: "try again later".
-TRY_AGAIN_LATER = 1013
-
-
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """An accepted signaling WebSocket's caller, and its slot in the per-user
@@ -127,7 +123,7 @@ async def _admit(
     try:
         principal = await _authenticate(service, room_id, token, ticket)
     except TicketUnavailable:
-        await _reject(websocket, TRY_AGAIN_LATER, "ticket store unavailable, retry")
+        await _reject(websocket, CloseCode.TRY_AGAIN_LATER, "ticket store unavailable, retry")
         return None
     except InvalidToken as exc:
         metrics.AUTH_FAILURES.labels(reason=exc.detail).inc()
