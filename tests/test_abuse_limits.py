@@ -16,11 +16,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from second_brain_database.webrtc.limits import (
-    MemoryConnectionCap,
-    RedisConnectionCap,
-    client_key,
-)
+from second_brain_database.limits.connections import MemoryConnectionCap, RedisConnectionCap
+from second_brain_database.limits.handshakes import client_key
 from second_brain_database.webrtc.schemas import MAX_CANDIDATE_CHARS, MAX_SDP_CHARS
 from tests.peers import Peer, make_token
 from tests.servers import RedisServer, SbdServer, two_instances

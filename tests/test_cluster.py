@@ -1,18 +1,25 @@
 """Redis Cluster: sharded Pub/Sub (SSUBSCRIBE/SPUBLISH) and slot-safe keys,
-against a real 3-master cluster that the suite starts."""
+against a real 3-master cluster that the suite starts; tickets and the abuse
+limits (per-user cap, handshakes, logins) across two instances on it."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from second_brain_database.auth.tickets import issued_key
+from second_brain_database.limits.connections import lease_key
 from tests.conftest import RESUME_TTL, SbdFactory
 from tests.peers import Peer, make_token
-from tests.servers import RedisClusterServers, SbdServer
+from tests.servers import RedisClusterServers, SbdServer, two_instances
 
 _rooms = itertools.count()
 
@@ -90,3 +97,124 @@ async def test_resume_on_a_cluster(
     assert (await back.expect("offer"))["payload"]["sdp"] == "while away"
     assert (await back.expect("app"))["payload"] == "broadcast while away"
     await a.assert_silent()
+
+
+# --- tickets and abuse limits on the cluster ----------------------------------
+
+HANDSHAKE_BURST = 4
+USER_CAP = 2
+LOGINS_PER_MINUTE = 5
+_clients = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def limited_on_cluster(
+    redis_cluster: RedisClusterServers, artifacts_dir: Path
+) -> Iterator[tuple[SbdServer, SbdServer]]:
+    env = {
+        "SBD_REDIS_URL": redis_cluster.url,
+        "SBD_HANDSHAKE_RATE_PER_S": "0.2",
+        "SBD_HANDSHAKE_BURST": str(HANDSHAKE_BURST),
+        "SBD_MAX_CONNECTIONS_PER_USER": str(USER_CAP),
+        "SBD_LOGIN_ATTEMPTS_PER_MINUTE": str(LOGINS_PER_MINUTE),
+    }
+    with two_instances(env, artifacts_dir) as instances:
+        yield instances
+
+
+def via_new_address() -> dict[str, Any]:
+    """A client address of its own (uvicorn trusts X-Forwarded-For from 127.0.0.1)."""
+    return {"additional_headers": {"X-Forwarded-For": f"203.0.113.{next(_clients)}"}}
+
+
+def names_on_every_shard(client: RedisCluster, prefix: str, key: Callable[[str], str]) -> list[str]:
+    """Names whose ``key(name)`` falls on each master in turn."""
+    by_node: dict[str, str] = {}
+    for i in itertools.count():
+        name = f"{prefix}-{i}"
+        node = client.get_node_from_key(key(name))
+        assert node is not None
+        by_node.setdefault(node.name, name)
+        if len(by_node) == 3:
+            return list(by_node.values())
+    raise AssertionError("unreachable")
+
+
+async def test_a_ticket_minted_on_one_instance_opens_the_other_once(
+    redis_cluster: RedisClusterServers, limited_on_cluster: tuple[SbdServer, SbdServer]
+) -> None:
+    one, two = limited_on_cluster
+    client = RedisCluster.from_url(redis_cluster.url)
+    # The users' issue windows on every shard; each ticket's own key on any.
+    for user in names_on_every_shard(client, "ticket-user", issued_key):
+        for room in rooms_on_every_shard(client):
+            async with httpx.AsyncClient(base_url=one.base_url) as http:
+                answer = await http.post(
+                    "/api/v1/webrtc/ticket",
+                    json={"room_id": room},
+                    headers={"Authorization": f"Bearer {make_token(user)}"},
+                )
+            assert answer.status_code == 200, answer.text
+            query = f"ticket={answer.json()['ticket']}"
+            peer = await Peer.connect(two.ws_url, room, None, query=query, **via_new_address())
+            welcome = await peer.expect("welcome")
+            assert welcome["payload"]["user_id"] == user
+            again = await Peer.connect(one.ws_url, room, None, query=query, **via_new_address())
+            assert await again.expect_close() == (4003, "invalid ticket")
+            await peer.close()
+
+
+async def test_the_per_user_cap_holds_across_instances_on_a_cluster(
+    redis_cluster: RedisClusterServers, limited_on_cluster: tuple[SbdServer, SbdServer]
+) -> None:
+    one, two = limited_on_cluster
+    client = RedisCluster.from_url(redis_cluster.url)
+    for user in names_on_every_shard(client, f"capped-{os.getpid()}", lease_key):
+        first = await Peer.join(one.ws_url, "cap-room", user=user, **via_new_address())
+        await Peer.join(two.ws_url, "cap-room-2", user=user, **via_new_address())
+        for server in (one, two):
+            over = await Peer.connect(
+                server.ws_url, "cap-room", make_token(user), **via_new_address()
+            )
+            assert await over.expect_close() == (4029, "too many connections for this user")
+        await first.send({"type": "leave"})
+        await first.expect_close()
+        again = await Peer.join(two.ws_url, "cap-room", user=user, **via_new_address())
+        assert again.welcome["payload"]["user_id"] == user
+
+
+async def test_handshakes_are_limited_per_address_on_a_cluster(
+    limited_on_cluster: tuple[SbdServer, SbdServer],
+) -> None:
+    server = limited_on_cluster[0]
+    address = via_new_address()
+    for n in range(HANDSHAKE_BURST):
+        peer = await Peer.join(server.ws_url, "hs-room", user=f"hs-{n}", **address)
+        await peer.close()
+    refused = await Peer.connect(server.ws_url, "hs-room", "not-a-jwt", **address)
+    assert await refused.expect_close() == (4029, "too many connection attempts")
+
+
+async def test_login_attempts_are_rationed_across_instances_on_a_cluster(
+    limited_on_cluster: tuple[SbdServer, SbdServer],
+) -> None:
+    one, two = limited_on_cluster
+    headers = via_new_address()["additional_headers"]
+    statuses = []
+    for attempt in range(LOGINS_PER_MINUTE + 3):
+        server = (one, two)[attempt % 2]  # alternating: per-instance buckets would allow 10
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as http:
+            answer = await http.post(
+                "/api/v1/auth/token", data={"username": "victim", "password": f"guess-{attempt}"}
+            )
+        statuses.append(answer.status_code)
+    assert statuses == [401] * LOGINS_PER_MINUTE + [429] * 3
+    # The username's bucket is empty on both instances, whatever the address.
+    for server in (one, two):
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers=via_new_address()["additional_headers"]
+        ) as http:
+            answer = await http.post(
+                "/api/v1/auth/token", data={"username": "victim", "password": "again"}
+            )
+        assert answer.status_code == 429

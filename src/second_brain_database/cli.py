@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="processes (needs SBD_REDIS_URL)")
+    serve.add_argument("--workers", type=int, default=1, help="processes (needs Redis)")
     serve.add_argument(
         "--forwarded-allow-ips",
         default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
@@ -90,8 +90,11 @@ def _serve(args: argparse.Namespace) -> int:
     from second_brain_database.logging_setup import configure_logging
 
     settings = get_settings()
-    if args.workers > 1 and settings.redis_url is None:
-        raise ValueError("--workers > 1 needs SBD_REDIS_URL: the embedded broker is per process")
+    if args.workers > 1 and not settings.uses_redis:
+        raise ValueError(
+            "--workers > 1 needs Redis (SBD_REDIS_URL or SBD_REDIS_SENTINELS): "
+            "the embedded broker is per process"
+        )
     if args.workers > 1 and "SBD_INSTANCE_ID" in os.environ:
         # Each worker is an instance of its own (presence, reaping): one id
         # shared by several would hide a dead worker behind a live one.

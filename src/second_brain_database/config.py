@@ -11,8 +11,9 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class Settings(BaseSettings):
     login_attempts_per_minute: float = Field(default=10, gt=0)
 
     redis_url: str | None = None
+    # Sentinel mode (host:port of each Sentinel): Redis is the primary that
+    # they name, and follows it through a failover; ``redis_url`` is unused.
+    redis_sentinels: CommaList = []
+    redis_sentinel_master: str = "mymaster"
+    # Applies to standalone, Cluster and the Sentinel-named primary (not to
+    # the Sentinels themselves); a password inside ``redis_url`` is the other way.
+    redis_password: str | None = None
 
     stun_urls: CommaList = ["stun:stun.l.google.com:19302"]
     turn_urls: CommaList = []
@@ -104,7 +112,14 @@ class Settings(BaseSettings):
     # "auto": JSON when stderr is not a terminal (a service manager, a container).
     log_format: Literal["auto", "json", "text"] = "auto"
 
-    @field_validator("jwt_algorithms", "stun_urls", "turn_urls", "allowed_origins", mode="before")
+    @field_validator(
+        "jwt_algorithms",
+        "stun_urls",
+        "turn_urls",
+        "allowed_origins",
+        "redis_sentinels",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -113,6 +128,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "redis_url",
+        "redis_password",
         "turn_secret",
         "jwt_secret",
         "jwt_public_key",
@@ -124,6 +140,31 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_and_port(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"a Sentinel is host:port, not {address!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis_password(self) -> Settings:
+        url = self.redis_url
+        if self.redis_password is not None and url and urlsplit(url).password is not None:
+            raise ValueError(
+                "SBD_REDIS_PASSWORD is set and SBD_REDIS_URL carries a password: set one"
+            )
+        return self
+
+    @property
+    def uses_redis(self) -> bool:
+        """Redis (standalone, Cluster or Sentinel) rather than the embedded broker."""
+        if self.redis_sentinels:
+            return True
+        return self.redis_url is not None and not self.redis_url.startswith("memory://")
 
     def signing_secret(self) -> str:
         """The HS256 key; a process-local random one when none is configured."""

@@ -13,7 +13,6 @@ from fastapi.staticfiles import StaticFiles
 
 from second_brain_database import health
 from second_brain_database.auth import router as auth_router
-from second_brain_database.auth import ticket_router
 from second_brain_database.observability import ObservabilityMiddleware
 from second_brain_database.webrtc import admin, asyncapi
 from second_brain_database.webrtc import router as webrtc_router
@@ -43,7 +42,6 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Second Brain Database signaling", version="0.1.0", lifespan=lifespan)
     app.include_router(webrtc_router.router)
     app.include_router(auth_router.router)
-    app.include_router(ticket_router.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(asyncapi.router)

@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
-from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.dependencies import Service
+from second_brain_database.auth.dependencies import Auth
+from second_brain_database.auth.metrics import AUTH_FAILURES
 
 router = APIRouter(tags=["auth"])
 
@@ -23,32 +23,30 @@ class AccessToken(BaseModel):
 
 @router.post("/api/v1/auth/token", response_model=AccessToken)
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], service: Service, request: Request
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: Auth, request: Request
 ) -> AccessToken:
     """Exchange a username and password for a short-lived access token."""
-    if not service.tokens.can_issue:
+    if not auth.tokens.can_issue:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, "password login is off: tokens come from an external issuer"
         )
     client = request.client.host if request.client else None
-    if not service.login_throttle.allow(client, form.username):
-        metrics.AUTH_FAILURES.labels(reason="login throttled").inc()
+    if not await auth.login_throttle.allow(client, form.username):
+        AUTH_FAILURES.labels(reason="login throttled").inc()
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             "too many login attempts; wait a minute",
             headers={"Retry-After": "60"},
         )
     # argon2 and SQLite block: keep them off the event loop that relays signaling.
-    identity = await run_in_threadpool(service.users.authenticate, form.username, form.password)
+    identity = await run_in_threadpool(auth.users.authenticate, form.username, form.password)
     if identity is None:
-        metrics.AUTH_FAILURES.labels(reason="bad credentials").inc()
+        AUTH_FAILURES.labels(reason="bad credentials").inc()
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "incorrect username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
     user_id, name = identity
-    ttl = service.tokens.default_ttl
-    return AccessToken(
-        access_token=service.tokens.issue(user_id, name=name, ttl=ttl), expires_in=ttl
-    )
+    ttl = auth.tokens.default_ttl
+    return AccessToken(access_token=auth.tokens.issue(user_id, name=name, ttl=ttl), expires_in=ttl)

@@ -26,7 +26,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from second_brain_database.auth.tokens import InvalidToken, Principal
@@ -113,7 +113,7 @@ class TicketStore(ABC):
 
 
 class MemoryTicketStore(TicketStore):
-    """Single instance (no ``SBD_REDIS_URL``)."""
+    """Single instance (no Redis)."""
 
     def __init__(self) -> None:
         # digest -> (expires at, value), oldest first. Nearly every ticket has
@@ -152,40 +152,45 @@ class MemoryTicketStore(TicketStore):
             }
 
 
-# Stores the ticket and counts it in its user's sliding window (issue times
-# by the Redis clock) in one round trip.
-_ISSUE = """
+# Counts a ticket in its user's sliding window (issue times by the Redis
+# clock); 0 when the window is full. One key, so it runs on a Cluster too:
+# the ticket and the window hash to different slots, and the ticket is
+# stored only once this said yes.
+_COUNT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[5]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+local window = tonumber(ARGV[3]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('ZADD', KEYS[2], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[2], window)
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], window)
 return 1
 """
+
+
+def issued_key(user_id: str) -> str:
+    return f"{TICKET_PREFIX}user:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
 
 
 class RedisTicketStore(TicketStore):
     """Shared by every instance: a ticket issued by one is redeemable once on any."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis | RedisCluster) -> None:
         self._redis = redis
-        self._issue = redis.register_script(_ISSUE)
+        self._count = redis.register_script(_COUNT)
 
     async def _put(self, digest: str, user_id: str, value: bytes, ttl: int) -> None:
-        user_key = f"{TICKET_PREFIX}user:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
         try:
-            stored = await self._issue(
-                keys=[TICKET_PREFIX + digest, user_key],
-                args=[value, ttl, MAX_TICKETS_PER_USER, digest, TICKET_TTL_S],
+            counted = await self._count(
+                keys=[issued_key(user_id)], args=[MAX_TICKETS_PER_USER, digest, TICKET_TTL_S]
             )
+            if counted:
+                await self._redis.set(TICKET_PREFIX + digest, value, ex=ttl)
         except RedisError as exc:
             raise TicketUnavailable from exc
-        if not stored:
+        if not counted:
             raise TooManyTickets
 
     async def _take(self, digest: str) -> bytes | str | None:

@@ -26,6 +26,7 @@ import orjson
 
 from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
 from second_brain_database.config import Settings
+from second_brain_database.limits.token_bucket import TokenBucket
 from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import frames, metrics
 from second_brain_database.webrtc.broker import (
@@ -46,7 +47,6 @@ from second_brain_database.webrtc.broker.base import (
     REPLACED,
     SynchronousBroker,
 )
-from second_brain_database.webrtc.ratelimit import TokenBucket
 from second_brain_database.webrtc.schemas import (
     PONG_FRAME,
     AnswerMessage,

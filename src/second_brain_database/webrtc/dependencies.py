@@ -16,8 +16,8 @@ from starlette.websockets import WebSocket
 
 from second_brain_database.auth.tickets import TicketUnavailable
 from second_brain_database.auth.tokens import InvalidToken, Principal
+from second_brain_database.limits.connections import Lease
 from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.limits import Lease
 from second_brain_database.webrtc.schemas import ROOM_ID_RE, CloseCode
 from second_brain_database.webrtc.service import SignalingService
 
@@ -40,7 +40,9 @@ async def get_current_user(
 ) -> Principal:
     """The caller of a REST endpoint, from ``Authorization: Bearer <token>``."""
     try:
-        return await service.tokens.verify_async(credentials.credentials if credentials else None)
+        return await service.auth.tokens.verify_async(
+            credentials.credentials if credentials else None
+        )
     except InvalidToken as exc:
         metrics.AUTH_FAILURES.labels(reason=exc.detail).inc()
         raise HTTPException(
@@ -143,8 +145,8 @@ async def _authenticate(
         if token is not None:
             # Two credentials that may name two users: refuse the ambiguity.
             raise InvalidToken("send a token or a ticket, not both")
-        return await service.admission.tickets.redeem(ticket, room_id)
-    return await service.tokens.verify_async(token)
+        return await service.auth.tickets.redeem(ticket, room_id)
+    return await service.auth.tokens.verify_async(token)
 
 
 async def _reject(websocket: WebSocket, code: int, reason: str) -> None:

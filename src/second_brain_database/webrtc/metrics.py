@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from second_brain_database.auth import metrics as auth_metrics
+
 CONNECTIONS = Gauge(
     "sbd_websocket_connections",
     "Open signaling WebSocket connections",
@@ -45,7 +47,9 @@ ERRORS_SENT = Counter("sbd_errors_sent_total", "error frames sent to clients, by
 SLOW_CONSUMERS = Counter(
     "sbd_slow_consumer_disconnects_total", "Clients closed because their send queue overflowed"
 )
-AUTH_FAILURES = Counter("sbd_auth_failures_total", "Rejected credentials, by reason", ["reason"])
+# Defined with the auth code (whose login route counts its refusals too),
+# counted here by the session checks as well.
+AUTH_FAILURES = auth_metrics.AUTH_FAILURES
 ADMISSION_REFUSED = Counter(
     "sbd_admission_refused_total", "WebSockets refused by an abuse limit, by limit", ["limit"]
 )

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from second_brain_database.auth.tokens import Principal
 from second_brain_database.logging_setup import bind_session
-from second_brain_database.webrtc import metrics
+from second_brain_database.webrtc import metrics, ticket_route
 from second_brain_database.webrtc.broker import BrokerUnavailable, PolicyForbidden, RoomPolicy
 from second_brain_database.webrtc.dependencies import (
     Admitted,
@@ -28,6 +28,7 @@ from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuratio
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["webrtc"])
+router.include_router(ticket_route.router)
 
 
 @asynccontextmanager

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from second_brain_database.auth.throttle import LoginThrottle
-from second_brain_database.auth.tokens import TokenService
-from second_brain_database.auth.users import UserStore
+from second_brain_database.auth.service import AuthService
 from second_brain_database.config import Settings, get_settings
+from second_brain_database.limits.admission import Admission
+from second_brain_database.redis_clients import RedisClients, connect_redis
 from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.admission import Admission
 from second_brain_database.webrtc.broker import Broker, create_broker
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
@@ -32,32 +31,31 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SignalingService:
     settings: Settings
-    tokens: TokenService
-    users: UserStore
+    auth: AuthService
+    redis: RedisClients | None
     broker: Broker
     manager: ConnectionManager
     admission: Admission
-    login_throttle: LoginThrottle
     draining: bool = False
     _metrics_flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> SignalingService:
-        tokens = TokenService(settings)
-        broker = create_broker(settings)
+    def build(cls, settings: Settings, redis: RedisClients | None) -> SignalingService:
+        """Everything runs on ``redis`` (from :func:`connect_redis`) where there is one."""
+        auth = AuthService.build(settings, redis)
+        broker = create_broker(settings, redis)
         return cls(
             settings=settings,
-            tokens=tokens,
-            users=UserStore(settings.database_path),
+            auth=auth,
+            redis=redis,
             broker=broker,
-            manager=ConnectionManager(broker, tokens, settings),
-            admission=Admission.build(settings),
-            login_throttle=LoginThrottle(settings.login_attempts_per_minute),
+            manager=ConnectionManager(broker, auth.tokens, settings),
+            admission=Admission.build(settings, redis),
         )
 
     async def start(self) -> None:
         await self.broker.connect()
-        await self.tokens.start()
+        await self.auth.start()
         await self.admission.start()
         self._metrics_flusher = asyncio.create_task(
             metrics.flush_periodically(), name="sbd-metrics-flush"
@@ -73,7 +71,9 @@ class SignalingService:
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await self.broker.disconnect()
         await self.admission.aclose()
-        await self.tokens.aclose()
+        await self.auth.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self._metrics_flusher is not None:
             self._metrics_flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,8 +83,10 @@ class SignalingService:
 
 @asynccontextmanager
 async def signaling_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    service = SignalingService.build(get_settings())
+    settings = get_settings()
+    service = SignalingService.build(settings, await connect_redis(settings))
     app.state.signaling = service
+    app.state.auth = service.auth
     await service.start()
     try:
         yield

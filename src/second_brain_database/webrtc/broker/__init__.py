@@ -1,13 +1,13 @@
 """Brokers: where room state lives and how envelopes reach every instance.
 
-The backend is chosen by URL, as in encode/broadcaster: no URL (or
-``memory://``) gives the embedded :class:`MemoryBroker`; ``redis://`` or
-``rediss://`` gives :class:`RedisBroker`.
+Without Redis, the embedded :class:`MemoryBroker`; with Redis (a URL or
+Sentinels, see :mod:`second_brain_database.redis_clients`), :class:`RedisBroker`.
 """
 
 from __future__ import annotations
 
 from second_brain_database.config import Settings
+from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc.broker.base import (
     Broker,
     BrokerUnavailable,
@@ -42,15 +42,12 @@ __all__ = [
 ]
 
 
-def create_broker(settings: Settings) -> Broker:
-    url = settings.redis_url
-    if url is None or url.startswith("memory://"):
+def create_broker(settings: Settings, redis: RedisClients | None) -> Broker:
+    if redis is None:
         return MemoryBroker(resume_ttl=settings.resume_ttl)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisBroker(
-            url,
-            instance_id=settings.instance_id,
-            presence_ttl=settings.presence_ttl,
-            resume_ttl=settings.resume_ttl,
-        )
-    raise ValueError(f"unsupported SBD_REDIS_URL scheme: {url.split(':', 1)[0]!r}")
+    return RedisBroker(
+        redis,
+        instance_id=settings.instance_id,
+        presence_ttl=settings.presence_ttl,
+        resume_ttl=settings.resume_ttl,
+    )

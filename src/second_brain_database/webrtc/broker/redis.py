@@ -37,12 +37,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc import frames
 from second_brain_database.webrtc.broker import redis_scripts
 from second_brain_database.webrtc.broker.base import (
@@ -78,18 +76,6 @@ _EXPIRY_INTERVAL_S = 0.25
 _MAILBOX_SLACK_MS = 5_000
 
 
-def _client(kind: type[Redis] | type[RedisCluster], url: str) -> Any:
-    # One quick retry: after a Redis restart, pooled connections are stale
-    # and the first command on each fails before reaching the server.
-    return kind.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-        retry_on_error=[RedisConnectionError],
-    )
-
-
 ROOM_KEY_NAMES = ("members", "owners", "media", "resume", "away", "ch", "policy", "invited")
 
 
@@ -114,21 +100,23 @@ def instance_peers_key(instance_id: str) -> str:
 
 class RedisBroker(Broker):
     def __init__(
-        self, url: str, *, instance_id: str, presence_ttl: float, resume_ttl: float
+        self, redis: RedisClients, *, instance_id: str, presence_ttl: float, resume_ttl: float
     ) -> None:
         super().__init__(resume_ttl=resume_ttl)
         self.instance_id = instance_id
-        self._url = url
+        self._clients = redis  # made and closed by the service
         self._presence_ttl = presence_ttl
-        self._redis: Redis | RedisCluster = _client(Redis, url)
-        self._publish = "PUBLISH"
+        self._redis: Redis | RedisCluster = redis.client
+        self.cluster = redis.cluster is not None
+        # Sharded Pub/Sub on a Cluster: a room's messages stay on the shard
+        # that owns its hash slot instead of being copied to every node.
+        self._publish = "SPUBLISH" if self.cluster else "PUBLISH"
         self._scripts = self._register_scripts()
         self._mailbox_ttl_ms = int(resume_ttl * 1000) + _MAILBOX_SLACK_MS
         self._local_sessions: dict[str, int] = defaultdict(int)
         self._listeners: dict[str, PubSubListener] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pipeline: CommandPipeline | None = None
-        self.cluster = False
 
     def _register_scripts(self) -> dict[str, AsyncScript]:
         names = (
@@ -162,15 +150,6 @@ class RedisBroker(Broker):
     # --- lifecycle ------------------------------------------------------
 
     async def connect(self) -> None:
-        if await self._is_cluster():
-            # Sharded Pub/Sub: a room's messages stay on the shard that owns
-            # its hash slot instead of being copied to every node.
-            await self._redis.aclose()
-            self._redis = _client(RedisCluster, self._url)
-            await self._redis.initialize()
-            self._scripts = self._register_scripts()
-            self._publish = "SPUBLISH"
-            self.cluster = True
         self._tasks = [
             asyncio.create_task(self._heartbeat_forever(), name="sbd-redis-heartbeat"),
             asyncio.create_task(self._expire_forever(), name="sbd-redis-expirer"),
@@ -179,24 +158,11 @@ class RedisBroker(Broker):
             # One connection carries every session's commands. (On a cluster
             # they go through the cluster client's per-node pools.)
             self._pipeline = CommandPipeline(
-                self._redis.connection_pool.connection_kwargs,
+                self._clients,
                 {script.sha: str(script.script) for script in self._scripts.values()},
             )
             self._pipeline.start()
             self._listener_for(b"")
-
-    async def _is_cluster(self) -> bool:
-        for attempt in range(20):
-            try:
-                info = await self._redis.info("cluster")
-                return bool(info.get("cluster_enabled"))
-            except (RedisError, OSError) as exc:
-                if attempt == 19:
-                    raise BrokerUnavailable(
-                        f"Redis at SBD_REDIS_URL is unreachable: {exc}"
-                    ) from exc
-                await asyncio.sleep(0.5)
-        return False
 
     async def disconnect(self) -> None:
         for task in self._tasks:
@@ -210,7 +176,6 @@ class RedisBroker(Broker):
             await self._pipeline.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(INSTANCES_KEY, self.instance_id)
-        await self._redis.aclose()
 
     async def ready(self) -> bool:
         if not all(listener.listening.is_set() for listener in self._listeners.values()):
@@ -225,20 +190,18 @@ class RedisBroker(Broker):
     def _listener_for(self, channel: bytes) -> PubSubListener:
         """The Pub/Sub connection that carries ``channel``: the only one, or
         the one to the shard that owns its slot."""
+        node = None
         if isinstance(self._redis, RedisCluster):
             node = self._redis.get_node_from_key(channel.decode())
             if node is None:
                 raise BrokerUnavailable("no Redis Cluster node serves this room's slot")
-            name = node.name
-            kwargs = {**node.connection_kwargs, "host": node.host, "port": node.port}
-        else:
-            name = "redis"
-            kwargs = self._redis.connection_pool.connection_kwargs
+        name = "redis" if node is None else node.name
         listener = self._listeners.get(name)
         if listener is None:
             listener = PubSubListener(
                 name,
-                kwargs,
+                self._clients,
+                node,
                 sharded=self.cluster,
                 on_message=self._on_message,
                 on_connected=self._on_listener_connected,

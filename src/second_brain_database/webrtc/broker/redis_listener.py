@@ -18,9 +18,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio.connection import Connection
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker.base import BrokerUnavailable
 
@@ -39,16 +41,16 @@ class PubSubListener:
     def __init__(
         self,
         name: str,
-        connection_kwargs: dict[str, Any],
+        redis: RedisClients,
+        node: ClusterNode | None,
         *,
         sharded: bool,
         on_message: OnMessage,
         on_connected: OnConnected,
     ) -> None:
         self.name = name
-        # RESP2: Pub/Sub replies arrive as plain arrays from read_response(),
-        # where RESP3 would route them to push handlers.
-        self._kwargs = {**connection_kwargs, "protocol": 2}
+        self._redis = redis
+        self._node = node  # the shard this listener subscribes on, on a Cluster
         self._subscribe = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._unsubscribe = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
         self._confirmation = b"ssubscribe" if sharded else b"subscribe"
@@ -56,7 +58,7 @@ class PubSubListener:
         self._on_connected = on_connected
         self.channels: set[bytes] = set()
         self._pending: dict[bytes, deque[asyncio.Future[None]]] = {}
-        self._connection: Connection | None = None
+        self._connection: AbstractConnection | None = None
         self.listening = asyncio.Event()
         self._last_heard = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,7 +127,9 @@ class PubSubListener:
             await asyncio.sleep(delay)
 
     async def _listen_once(self) -> None:
-        connection = Connection(**self._kwargs)
+        # RESP2: Pub/Sub replies arrive as plain arrays from read_response(),
+        # where RESP3 would route them to push handlers.
+        connection = self._redis.connection(self._node, protocol=2)
         self._connection = connection
         try:
             await connection.connect()  # type: ignore[no-untyped-call]

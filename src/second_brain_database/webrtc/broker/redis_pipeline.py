@@ -17,15 +17,15 @@ import math
 from collections import deque
 from typing import Any
 
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from second_brain_database.redis_clients import COMMAND_TIMEOUT_S, RedisClients
 from second_brain_database.webrtc.broker.base import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
-DEFAULT_REPLY_TIMEOUT_S = 5.0
 
 _Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
@@ -54,14 +54,12 @@ def pack_commands(commands: list[tuple[Any, ...]]) -> bytes:
 
 
 class CommandPipeline:
-    def __init__(self, connection_kwargs: dict[str, Any], scripts: dict[str, str]) -> None:
-        # RESP2 keeps replies plain (lists, not sets or maps), as the scripts expect.
-        self._kwargs = {**connection_kwargs, "protocol": 2}
-        self._reply_timeout = connection_kwargs.get("socket_timeout") or DEFAULT_REPLY_TIMEOUT_S
+    def __init__(self, redis: RedisClients, scripts: dict[str, str]) -> None:
+        self._redis = redis
         self._scripts = scripts  # sha -> source, loaded on NOSCRIPT
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
-        self._connection: Connection | None = None
+        self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -107,7 +105,7 @@ class CommandPipeline:
             )
             # One deadline for the whole batch rather than redis-py's own per
             # reply (a timeout context each): the same bound on a stuck Redis.
-            async with asyncio.timeout(self._reply_timeout):
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 for _, future in batch:
                     try:
                         reply: Any = await connection.read_response(timeout=math.inf)
@@ -127,9 +125,10 @@ class CommandPipeline:
                     future.set_exception(BrokerUnavailable(str(exc)))
             await self._drop_connection()
 
-    async def _connect(self) -> Connection:
+    async def _connect(self) -> AbstractConnection:
         if self._connection is None:
-            connection = Connection(**self._kwargs)
+            # RESP2 keeps replies plain (lists, not sets or maps), as the scripts expect.
+            connection = self._redis.connection(protocol=2)
             await connection.connect()  # type: ignore[no-untyped-call]
             self._connection = connection
         return self._connection

@@ -1,18 +1,12 @@
-"""Abuse limits checked when a WebSocket is admitted (docs/security.md).
+"""Concurrent connections per user, counted across instances.
 
-- :class:`HandshakeLimiter`: a token bucket per client address, per instance,
-  consulted before anything costly (token signatures, room state). It keys
-  on the address uvicorn reports, which behind a proxy is the client only if
-  ``--forwarded-allow-ips`` trusts that proxy; IPv6 clients are keyed by
-  their /64, the smallest block a single host is routinely given.
-- :class:`ConnectionCap`: concurrent connections per user, counted across
-  instances. With Redis each connection holds a lease, a member of the
-  sorted set ``sbd:conns:{hash(user)}`` scored by its expiry on the Redis
-  clock; each instance renews its own leases every ``ttl / 3`` seconds, so
-  the leases of an instance that dies without releasing them lapse within
-  ``ttl`` (``SBD_PRESENCE_TTL``) and stop counting. Acquiring prunes lapsed
-  leases and counts the rest in one script, so two instances cannot both
-  take the last slot.
+With Redis each connection holds a lease, a member of the sorted set
+``sbd:conns:{hash(user)}`` scored by its expiry on the Redis clock; each
+instance renews its own leases every ``ttl / 3`` seconds, so the leases of an
+instance that dies without releasing them lapse within ``ttl``
+(``SBD_PRESENCE_TTL``) and stop counting. Acquiring prunes lapsed leases and
+counts the rest in one script on that one key, so two instances cannot both
+take the last slot, on a Cluster too.
 """
 
 from __future__ import annotations
@@ -20,62 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import secrets
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from second_brain_database.webrtc.ratelimit import TokenBucket
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
 logger = logging.getLogger(__name__)
-
-# Addresses tracked at once; the least recently seen is forgotten first (it
-# then starts again with a full bucket, which is the lenient direction).
-MAX_TRACKED_CLIENTS = 10_000
-
-
-def client_key(host: str | None) -> str:
-    """The rate-limit key of a client address: IPv4 as is, IPv6 by /64."""
-    if not host:
-        return "?"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-class HandshakeLimiter:
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self._rate = rate_per_s
-        self._burst = burst
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self._rate > 0
-
-    def allow(self, host: str | None) -> bool:
-        if not self.enabled:
-            return True
-        key = client_key(host)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
-            if len(self._buckets) > MAX_TRACKED_CLIENTS:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        return bucket.allow()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +121,9 @@ def lease_key(user_id: str) -> str:
 
 
 class RedisConnectionCap(ConnectionCap):
-    def __init__(self, redis: Redis, limit: int, *, instance_id: str, ttl_s: float) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, limit: int, *, instance_id: str, ttl_s: float
+    ) -> None:
         super().__init__(limit)
         self._redis = redis
         self._instance_id = instance_id
@@ -211,12 +160,22 @@ class RedisConnectionCap(ConnectionCap):
         """Extend every local lease once (the renewer's tick)."""
         if not self._local:
             return
+        try:
+            await self._renew_all()
+        except NoScriptError:
+            # A Cluster pipeline does not load scripts, and a Redis that
+            # restarted or failed over has none: load it, then once again.
+            await self._redis.script_load(_RENEW)
+            await self._renew_all()
+
+    async def _renew_all(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for lease in list(self._local):
                 await self._renew(
                     keys=[lease_key(lease.user_id)],
                     args=[self._member(lease), self._ttl_ms],
-                    client=pipe,
+                    # redis-py queues on a ClusterPipeline too; its hint omits that.
+                    client=pipe,  # type: ignore[arg-type]
                 )
             await pipe.execute()
 

@@ -1,7 +1,8 @@
 """``POST /api/v1/webrtc/ticket``: an access token in, a one-time ticket out.
 
 Clients open the room WebSocket with ``?ticket=`` instead of ``?token=``, so
-the long-lived token never appears in a URL (see :mod:`.tickets`).
+the long-lived token never appears in a URL
+(see :mod:`second_brain_database.auth.tickets`). Included by the webrtc router.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from second_brain_database.auth.tokens import InvalidToken
 from second_brain_database.webrtc.dependencies import CurrentUser, Service
 from second_brain_database.webrtc.schemas import ROOM_ID_PATTERN
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["webrtc"])
 
 
 class TicketRequest(BaseModel):
@@ -34,7 +35,7 @@ async def issue_ticket(
     if not user.may_join(body.room_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "token not valid for this room")
     try:
-        ticket, ttl = await service.admission.tickets.issue(user, body.room_id)
+        ticket, ttl = await service.auth.tickets.issue(user, body.room_id)
     except TooManyTickets:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, "too many tickets, retry shortly"
