@@ -41,7 +41,7 @@ def _wait_until(check: object, timeout: float, what: str) -> None:
 class RedisServer:
     """A redis-server of the suite's own on a free port (killable, restartable)."""
 
-    def __init__(self, *extra: str, port: int | None = None) -> None:
+    def __init__(self, *extra: str, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -50,7 +50,11 @@ class RedisServer:
             )
         self.binary = binary
         self.port = port or free_port()
-        self.extra = extra
+        # A password is also the one it gives its primary, when it is a replica.
+        self.password = password
+        self.extra = (
+            (*extra, "--requirepass", password, "--masterauth", password) if password else extra
+        )
         self.dir = tempfile.mkdtemp(prefix="sbd-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -81,12 +85,7 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return _answers_ping(self.port, self.password)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -234,3 +233,144 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class SentinelServer:
+    """One ``redis-server --sentinel`` watching ``master`` (name ``mymaster``)."""
+
+    def __init__(self, master_port: int, *, password: str | None, down_after_ms: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH: apt-get install -y redis-server")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sbd-sentinel-")
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.dir}",
+            f"sentinel monitor {SentinelCluster.MASTER} 127.0.0.1 {master_port} 2",
+            f"sentinel down-after-milliseconds {SentinelCluster.MASTER} {down_after_ms}",
+            f"sentinel failover-timeout {SentinelCluster.MASTER} {down_after_ms * 3}",
+            f"sentinel parallel-syncs {SentinelCluster.MASTER} 1",
+        ]
+        if password is not None:
+            lines.append(f"sentinel auth-pass {SentinelCluster.MASTER} {password}")
+        # Sentinel rewrites its configuration file as it learns: its own copy.
+        self.config = Path(self.dir) / "sentinel.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> SentinelServer:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_until(self.ping, 10, f"redis sentinel on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        return _answers_ping(self.port, None)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def _answers_ping(port: int, password: str | None) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(16).startswith(b"+OK"):
+                    return False
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class SentinelCluster:
+    """A primary, a replica and three Sentinels, real processes on free ports.
+
+    ``down_after_ms`` is small, so that a killed primary is replaced within
+    seconds (Sentinel's failover timeout is three times it)."""
+
+    MASTER = "mymaster"
+
+    def __init__(self, *, password: str | None = None, down_after_ms: int = 1000) -> None:
+        self.password = password
+        self.primary = RedisServer(password=password)
+        self.replica = RedisServer(
+            "--replicaof", "127.0.0.1", str(self.primary.port), password=password
+        )
+        self.sentinels = [
+            SentinelServer(self.primary.port, password=password, down_after_ms=down_after_ms)
+            for _ in range(3)
+        ]
+
+    @property
+    def addresses(self) -> str:
+        """``SBD_REDIS_SENTINELS``."""
+        return ",".join(sentinel.address for sentinel in self.sentinels)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {"SBD_REDIS_SENTINELS": self.addresses}
+        if self.password is not None:
+            env["SBD_REDIS_PASSWORD"] = self.password
+        return env
+
+    def start(self) -> SentinelCluster:
+        self.primary.start()
+        self.replica.start()
+        _wait_until(self._replica_in_sync, 20, "the replica to sync with the primary")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        _wait_until(self._sentinels_agree, 30, "the Sentinels to see the replica and each other")
+        return self
+
+    def info(self, port: int, section: str) -> str:
+        command = ["redis-cli", "-p", str(port)]
+        if self.password is not None:
+            command += ["--no-auth-warning", "-a", self.password]
+        result = subprocess.run(
+            [*command, "info", section], capture_output=True, text=True, check=False
+        )
+        return result.stdout
+
+    def _replica_in_sync(self) -> bool:
+        return "master_link_status:up" in self.info(self.replica.port, "replication")
+
+    def _sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(sentinel.port), "sentinel", "master", self.MASTER],
+                capture_output=True, text=True, check=False,
+            ).stdout.split()  # fmt: skip
+            fields = dict(zip(out[::2], out[1::2], strict=False))
+            if fields.get("num-slaves") != "1" or fields.get("num-other-sentinels") != "2":
+                return False
+        return True
+
+    def primary_port(self) -> int:
+        """The port of the primary that the Sentinels name now."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.sentinels[0].port),
+             "sentinel", "get-master-addr-by-name", self.MASTER],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        return int(out[1])
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        self.replica.stop()
+        self.primary.stop()

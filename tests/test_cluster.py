@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from second_brain_database.auth.tickets import issued_key
 from second_brain_database.limits.connections import lease_key
 from tests.conftest import RESUME_TTL, SbdFactory
 from tests.peers import Peer, make_token
-from tests.servers import RedisClusterServers, SbdServer, two_instances
+from tests.servers import BIN_DIR, TEST_SECRET, RedisClusterServers, SbdServer, two_instances
 
 _rooms = itertools.count()
 
@@ -218,3 +219,15 @@ async def test_login_attempts_are_rationed_across_instances_on_a_cluster(
                 "/api/v1/auth/token", data={"username": "victim", "password": "again"}
             )
         assert answer.status_code == 429
+
+
+def test_check_reports_the_cluster(redis_cluster: RedisClusterServers) -> None:
+    base = {k: v for k, v in SbdServer().env.items() if not k.startswith("SBD_")}
+    result = subprocess.run(
+        [str(BIN_DIR / "sbd"), "check", "--no-probe-turn"],
+        env={**base, "SBD_JWT_SECRET": TEST_SECRET, "SBD_REDIS_URL": redis_cluster.url},
+        capture_output=True, text=True, timeout=30, check=False, cwd="/",
+    )  # fmt: skip
+    [line] = [line for line in result.stdout.splitlines() if line.split()[1] == "redis"]
+    assert line.startswith(f"ok    redis     {redis_cluster.url}: PONG in ")
+    assert "(Cluster of 3 masters; " in line

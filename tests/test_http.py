@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import SbdFactory
@@ -160,6 +161,34 @@ async def test_origin_allowlist_closes_with_1008(sbd_factory: SbdFactory) -> Non
     assert allowed.peer_id
     refused = await Peer.connect(server.ws_url, "o", make_token(), origin="https://evil.example")
     assert (await refused.expect_close())[0] == 1008
+
+
+async def test_origin_allowlist_admits_a_client_that_sends_no_origin(
+    sbd_factory: SbdFactory,
+) -> None:
+    """Not a browser (a native or Python client): no page can ride on it."""
+    server = sbd_factory({"SBD_ALLOWED_ORIGINS": "https://app.example.org"})
+    native = await Peer.join(server.ws_url, "no-origin")
+    assert native.welcome["payload"]["room_id"] == "no-origin"
+    refused = await Peer.connect(server.ws_url, "no-origin", make_token(), origin="null")  # type: ignore[arg-type]
+    assert await refused.expect_close() == (1008, "origin not allowed")
+
+
+async def test_a_token_past_exp_within_the_leeway_is_refused_at_the_handshake(
+    sbd_factory: SbdFactory,
+) -> None:
+    """No ``welcome`` followed at once by 4003: 4003 before any frame (docs/security.md)."""
+    server = sbd_factory()
+    expired = make_token("alice", ttl=-3)  # the default leeway is 10 s
+    peer = await Peer.connect(server.ws_url, "late", expired)
+    with pytest.raises(ConnectionClosed) as closed:
+        await peer.recv()  # the first thing to arrive is the close, not a welcome
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4003, "token expired")
+    # The leeway still covers clock skew where nothing outlives the request.
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        answer = await http.get("/api/v1/webrtc/config", headers=bearer(expired))
+    assert answer.status_code == 200
 
 
 async def test_rate_limit_errors_then_closes_with_4029(sbd_factory: SbdFactory) -> None:

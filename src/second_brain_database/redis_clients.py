@@ -127,10 +127,12 @@ class RedisClients:
             await self.sentinel.aclose()
 
 
-async def connect_redis(settings: Settings) -> RedisClients | None:
+async def connect_redis(
+    settings: Settings, *, attempts: int = STARTUP_ATTEMPTS
+) -> RedisClients | None:
     """Redis as the settings describe it, once it answers; None without Redis
     (the embedded broker). Raises :class:`RedisUnreachable` when it does not
-    answer within ``STARTUP_ATTEMPTS`` tries."""
+    answer within ``attempts`` tries, :data:`STARTUP_RETRY_DELAY_S` apart."""
     if not settings.uses_redis:
         return None
     options = _client_options(settings)
@@ -138,14 +140,14 @@ async def connect_redis(settings: Settings) -> RedisClients | None:
         sentinel = make_sentinel(settings)
         primary = sentinel.master_for(settings.redis_sentinel_master, **options)
         clients = RedisClients(RedisMode.SENTINEL, primary, sentinel)
-        await _wait_for(clients, "the primary that SBD_REDIS_SENTINELS name")
+        await _wait_for(clients, "the primary that SBD_REDIS_SENTINELS name", attempts)
         return clients
     url = settings.redis_url
     assert url is not None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"unsupported SBD_REDIS_URL scheme: {url.split(':', 1)[0]!r}")
     plain = RedisClients(RedisMode.STANDALONE, Redis.from_url(url, **options))
-    info = await _wait_for(plain, "SBD_REDIS_URL")
+    info = await _wait_for(plain, "SBD_REDIS_URL", attempts)
     if not info.get("cluster_enabled"):
         return plain
     await plain.aclose()
@@ -154,13 +156,13 @@ async def connect_redis(settings: Settings) -> RedisClients | None:
     return RedisClients(RedisMode.CLUSTER, cluster)
 
 
-async def _wait_for(clients: RedisClients, what: str) -> dict[str, Any]:
-    for attempt in range(STARTUP_ATTEMPTS):
+async def _wait_for(clients: RedisClients, what: str, attempts: int) -> dict[str, Any]:
+    for attempt in range(attempts):
         try:
             info: dict[str, Any] = await clients.client.info("cluster")
             return info
         except (RedisError, OSError) as exc:
-            if attempt == STARTUP_ATTEMPTS - 1:
+            if attempt == attempts - 1:
                 await clients.aclose()
                 raise RedisUnreachable(f"Redis at {what} is unreachable: {exc}") from exc
             await asyncio.sleep(STARTUP_RETRY_DELAY_S)

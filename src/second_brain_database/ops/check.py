@@ -8,6 +8,7 @@ URL the way the server and browsers will.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,13 +58,13 @@ def _jwt(settings: Settings) -> Iterator[Finding]:
     key_algs = [a for a in settings.jwt_algorithms if not a.startswith("HS")]
     if hmac_algs:
         if settings.jwt_secret is None:
-            status: Status = "FAIL" if settings.redis_url else "warn"
+            status: Status = "FAIL" if settings.uses_redis else "warn"
             yield Finding(
                 status,
                 "jwt",
                 "SBD_JWT_SECRET is not set: each process makes up its own key, so tokens "
                 "do not survive a restart"
-                + (" and other instances reject them" if settings.redis_url else ""),
+                + (" and other instances reject them" if settings.uses_redis else ""),
             )
         elif len(settings.jwt_secret.encode()) < 32:
             yield Finding("FAIL", "jwt", "SBD_JWT_SECRET is shorter than 32 bytes")
@@ -88,30 +89,87 @@ def _jwt(settings: Settings) -> Iterator[Finding]:
 
 
 def _redis(settings: Settings) -> Iterator[Finding]:
-    if settings.redis_url is None:
+    if not settings.uses_redis:
         yield Finding("ok", "redis", "not configured: embedded broker, one instance (no --workers)")
         return
-    import redis
+    yield from asyncio.run(_probe_redis(settings))
+
+
+async def _probe_redis(settings: Settings) -> list[Finding]:
+    """Redis reached the way the server reaches it (``redis_clients``), once."""
     from redis.exceptions import RedisError
 
-    shown = safe_url(settings.redis_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    from second_brain_database.redis_clients import RedisUnreachable, connect_redis
+
+    findings = await _probe_sentinels(settings) if settings.redis_sentinels else []
+    if any(f.status == "FAIL" for f in findings):
+        return findings
+    shown = (
+        f"primary of {settings.redis_sentinel_master}"
+        if settings.redis_sentinels
+        else safe_url(settings.redis_url or "")
+    )
+    try:
+        redis = await connect_redis(settings, attempts=1)
+    except RedisUnreachable as exc:
+        return [*findings, Finding("FAIL", "redis", f"{shown}: unreachable ({exc.__cause__})")]
+    assert redis is not None
     try:
         start = time.perf_counter()
-        client.ping()
+        await redis.client.ping()
         elapsed = (time.perf_counter() - start) * 1000
-        version = client.info("server").get("redis_version", "?")
-        instances = client.zcard("sbd:instances")
+        instances = await redis.client.zcard("sbd:instances")
+        if redis.cluster is not None:
+            kind = f"Cluster of {len(redis.cluster.get_primaries())} masters"
+        else:
+            kind = "Redis " + str((await redis.client.info("server")).get("redis_version", "?"))
     except (RedisError, OSError) as exc:
-        yield Finding("FAIL", "redis", f"{shown}: unreachable ({exc})")
-        return
+        return [*findings, Finding("FAIL", "redis", f"{shown}: unreachable ({exc})")]
     finally:
-        client.close()
-    yield Finding(
-        "ok",
-        "redis",
-        f"{shown}: PONG in {elapsed:.1f} ms (Redis {version}; {instances} live instances)",
-    )
+        await redis.aclose()
+    detail = f"{shown}: PONG in {elapsed:.1f} ms ({kind}; {instances} live instances)"
+    return [*findings, Finding("ok", "redis", detail)]
+
+
+async def _probe_sentinels(settings: Settings) -> list[Finding]:
+    """The Sentinels reached, and the primary and replicas they name."""
+    from redis.exceptions import RedisError
+
+    from second_brain_database.redis_clients import make_sentinel
+
+    sentinel = make_sentinel(settings)
+    name = settings.redis_sentinel_master
+    findings = []
+    try:
+        reached, missed = [], []
+        for address, client in zip(settings.redis_sentinels, sentinel.sentinels, strict=True):
+            try:
+                await client.ping()
+                reached.append(address)
+            except (RedisError, OSError):
+                missed.append(address)
+        count = f"{len(reached)} of {len(settings.redis_sentinels)} Sentinels reached"
+        if not reached:
+            return [Finding("FAIL", "redis", f"{count}: {', '.join(missed)} unreachable")]
+        status: Status = "warn" if missed else "ok"
+        unreachable = f"; unreachable: {', '.join(missed)}" if missed else ""
+        findings.append(Finding(status, "redis", f"{count} ({', '.join(reached)}){unreachable}"))
+        try:
+            host, port = await sentinel.discover_master(name)
+        except RedisError as exc:
+            return [*findings, Finding("FAIL", "redis", f"no primary named {name!r}: {exc}")]
+        findings.append(Finding("ok", "redis", f"primary of {name}: {host}:{port}"))
+        replicas = await sentinel.discover_slaves(name)
+        if replicas:
+            listed = ", ".join(":".join(map(str, replica)) for replica in replicas)
+            findings.append(Finding("ok", "redis", f"replicas of {name}: {listed}"))
+        else:
+            findings.append(
+                Finding("warn", "redis", f"{name} has no live replica: nothing to fail over to")
+            )
+    finally:
+        await sentinel.aclose()
+    return findings
 
 
 def _stun(settings: Settings) -> Iterator[Finding]:

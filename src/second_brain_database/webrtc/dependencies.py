@@ -6,6 +6,7 @@ browser cannot read the HTTP 403 that a close before accept turns into.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -112,8 +113,10 @@ async def _admit(
         metrics.ADMISSION_REFUSED.labels(limit="handshakes per ip").inc()
         await _reject(websocket, CloseCode.RATE_LIMITED, "too many connection attempts")
         return None
+    # A client that sends no Origin is not a browser (a native or Python
+    # client): no web page can be riding on it, so the allowlist does not apply.
     origin = websocket.headers.get("origin")
-    if settings.allowed_origins and origin not in settings.allowed_origins:
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         await _reject(websocket, CloseCode.POLICY_VIOLATION, "origin not allowed")
         return None
     if service.draining:
@@ -130,6 +133,12 @@ async def _admit(
     except InvalidToken as exc:
         metrics.AUTH_FAILURES.labels(reason=exc.detail).inc()
         await _reject(websocket, CloseCode.UNAUTHORIZED, exc.reason)
+        return None
+    if principal.expires_at <= time.time():
+        # Past ``exp`` but within the verification leeway: a session would get
+        # ``welcome`` and then 4003 at once, so it is refused here instead.
+        metrics.AUTH_FAILURES.labels(reason="token expired").inc()
+        await _reject(websocket, CloseCode.UNAUTHORIZED, "token expired")
         return None
     if not principal.may_join(room_id):
         metrics.AUTH_FAILURES.labels(reason="room not allowed").inc()
