@@ -129,11 +129,13 @@ class IceCandidatePayload(PayloadModel):
 
 
 class MediaState(PayloadModel):
-    """What a peer is sending; every field optional, unknown fields refused."""
+    """What a peer is sending; every field optional, unknown fields refused.
+    Strict booleans: ``1`` or ``"true"`` is refused, not read as true, so that
+    every receiver sees exactly ``true``/``false``."""
 
-    audio: bool | None = None
-    video: bool | None = None
-    screen: bool | None = None
+    audio: bool | None = Field(default=None, strict=True)
+    video: bool | None = Field(default=None, strict=True)
+    screen: bool | None = Field(default=None, strict=True)
 
 
 class RefreshPayload(PayloadModel):
