@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
+from second_brain_database.auth.throttle import username_too_long
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.dependencies import Service
 
@@ -29,6 +30,13 @@ async def login(
     if not service.tokens.can_issue:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, "password login is off: tokens come from an external issuer"
+        )
+    if username_too_long(form.username):
+        metrics.AUTH_FAILURES.labels(reason="username too long").inc()
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "incorrect username or password",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     client = request.client.host if request.client else None
     if not service.login_throttle.allow(client, form.username):
