@@ -37,7 +37,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed
 
 from second_brain_database.webrtc.schemas import (
@@ -49,8 +49,10 @@ from second_brain_database.webrtc.schemas import (
     PingMessage,
     ProtocolError,
     RefreshMessage,
+    RelayedMessage,
     ServerMessage,
     parse_client_frame,
+    relay_payload,
 )
 from tests.peers import Peer, eventually
 from tests.servers import RedisServer, SbdServer
@@ -294,14 +296,11 @@ def oracle(frame: str | bytes, me: str, bystanders: set[str]) -> Expected:
     return Expected((_error(ErrorCode.UNKNOWN_PEER),))
 
 
-def _relayable(message: BaseModel) -> bool:
-    """Whether the server can re-serialize the payload for its receivers
-    (orjson writes at most 254 levels of nesting, though it reads 1 024)."""
-    payload = getattr(message, "payload", None)
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(exclude_none=True)
+def _relayable(message: RelayedMessage) -> bool:
+    """Whether the server can serialize the payload for its receivers, as the
+    relay does (an ``app`` payload is its exact text, already depth-checked)."""
     try:
-        orjson.dumps({"payload": payload})  # one level down, as in the relayed frame
+        orjson.dumps({"payload": relay_payload(message)})  # one level down, as relayed
     except orjson.JSONEncodeError:
         return False
     return True
