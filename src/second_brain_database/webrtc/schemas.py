@@ -407,7 +407,10 @@ def app_frame(
     exactly the text the client sent: relayed so, big integers, ``-0``, long
     decimals, ``1e400`` and escapes arrive unchanged."""
     if isinstance(text, bytes):
-        text = text.decode()
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
     # Checked before the scanner recurses: the frame's object is one level.
     if _nested_deeper_than(text, MAX_APP_PAYLOAD_DEPTH + 1):
         ref = ref[:MAX_ID_CHARS] if isinstance(ref, str) else None
