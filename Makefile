@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-test system-deps
+.PHONY: serve test lint typecheck pytest fuzz setup setup-test system-deps
 
 $(BIN)/sbd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,10 @@ pytest: setup-test system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The fuzz targets of tests/test_fuzz.py (a live server's frame handling, and
+# message and token validation in process), longer and randomized: new inputs
+# each run. The default suite runs them briefly with fixed inputs.
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup-test system-deps
+	SBD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py -q -p no:randomly

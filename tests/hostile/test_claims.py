@@ -85,3 +85,18 @@ async def test_a_sub_cannot_forge_log_lines(attacker: Attacker) -> None:
     peer = await attacker.join(room, sub="alice")  # something is logged after it
     await depart(peer)
     assert not any(line.startswith(forged) for line in attacker.log().splitlines())
+
+
+def test_raw_clients_see_the_same_refusals(attacker: Attacker) -> None:
+    """Below the WebSocket library: the close frame itself, and plain HTTP."""
+    ws = attacker.raw_ws(attacker.room(), forge_token(sub="eve\x1b[2J"))
+    close = ws.expect_close()
+    assert close.close_code == 4003 and close.payload[2:] == b"invalid subject"
+    tcp = attacker.tcp()
+    token = forge_token(sub="eve", exp="9999999999")
+    tcp.send(
+        f"GET /api/v1/webrtc/config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    assert tcp.read_all().startswith(b"HTTP/1.1 401 ")
+    tcp.close()
