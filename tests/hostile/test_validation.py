@@ -4,8 +4,10 @@ the connection and the room carrying on."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from second_brain_database.webrtc.schemas import AppMessage, parse_client_frame, relay_payload
 from tests.hostile.clients import Attacker, depart
 
 
@@ -111,3 +113,20 @@ async def test_what_only_looks_like_an_app_frame_is_invalid_json(
     await peer.send({"type": "ping"})
     await peer.expect("pong")
     await depart(peer)
+
+
+@pytest.mark.parametrize(
+    ("frame", "exact"),
+    [
+        # A later key that merely ends in `\"payload"` must not pass for the payload.
+        ('{"type":"app","payload":1.10,"x\\"payload":1.1}', "1.10"),
+        ('{"type":"app","payload":[1.0],"payload":{"a":1}}', '{"a":1}'),  # the last wins
+        ('{"type":"app","pay\\u006coad":-0}', "-0"),
+        ('{"payload":{"a":1} ,"type":"app" }', '{"a":1}'),
+        ('{"type":"app"}', "null"),
+    ],
+)
+def test_the_exact_payload_is_the_top_level_one(frame: str, exact: str) -> None:
+    message = parse_client_frame(frame)
+    assert isinstance(message, AppMessage)
+    assert orjson.dumps(relay_payload(message)) == exact.encode()

@@ -412,7 +412,11 @@ def _payload_as_written_by_orjson(text: str | bytes, payload: Any) -> orjson.Fra
         written = orjson.dumps(payload).decode()
     except orjson.JSONEncodeError:
         return None
-    if text.rstrip(" \t\n\r").endswith(f'"payload":{written}}}'):
+    member = f'"payload":{written}}}'
+    text = text.rstrip(" \t\n\r")
+    # A ',' or '{' before the key's quote proves it a top-level key, not the
+    # end of one like "x\\"payload" (a quote inside a string is escaped).
+    if text.endswith(member) and text[: -len(member)].rstrip(" \t\n\r")[-1:] in (",", "{"):
         return orjson.Fragment(written)
     return None
 
