@@ -30,6 +30,7 @@ MAX_NOTICE_CHARS = 1_000
 # recursion limit of the decoder that finds the payload's text.
 MAX_APP_PAYLOAD_DEPTH = 512
 TOO_DEEP = "payload is nested too deeply"
+_APP = "app"
 
 PeerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ClientRef = Annotated[str, Field(max_length=MAX_ID_CHARS)]
@@ -351,12 +352,14 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
         raw = _app_frame_orjson_refused(text)
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
-    exact_payload: orjson.Fragment | None = None
-    if raw.get("type") == ClientMessageType.APP and "payload" in raw:
-        exact_payload = _payload_as_written_by_orjson(text, raw["payload"])
-        if exact_payload is None:
-            raw, exact_payload = app_frame(text, raw.get("id"))
-    if raw.get("type") == ClientMessageType.APP:
+    # A plain str: comparing with the enum member costs more (measured on the
+    # relay of every offer).
+    if raw.get("type") == _APP:
+        exact_payload: orjson.Fragment | None = None
+        if "payload" in raw:
+            exact_payload = _payload_as_written_by_orjson(text, raw["payload"])
+            if exact_payload is None:
+                raw, exact_payload = app_frame(text, raw.get("id"))
         raw["exact_payload"] = exact_payload
     try:
         message = _client_message_adapter.validate_python(raw)
