@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck pytest setup setup-test system-deps conformance \
+.PHONY: serve test lint typecheck pytest fuzz setup setup-test system-deps conformance \
 	test-uvicorn-latest
 
 $(BIN)/sbd: pyproject.toml
@@ -89,3 +89,10 @@ $(LATEST)/.installed: pyproject.toml
 test-uvicorn-latest: $(LATEST)/.installed system-deps
 	@$(LATEST)/bin/python -c "import uvicorn; print('uvicorn', uvicorn.__version__)"
 	$(LATEST)/bin/pytest -q -p no:randomly $(UVICORN_SUITES)
+
+# The fuzz targets of tests/test_fuzz.py (a live server's frame handling, and
+# message and token validation in process), longer and randomized: new inputs
+# each run. The default suite runs them briefly with fixed inputs.
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup-test system-deps
+	SBD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py -q -p no:randomly

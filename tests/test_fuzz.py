@@ -27,33 +27,44 @@ import itertools
 import json
 import os
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed
 
+from second_brain_database.auth.tokens import InvalidToken, TokenService
+from second_brain_database.config import Settings
 from second_brain_database.webrtc.schemas import (
     SERVER_ONLY_TYPES,
+    AnswerMessage,
+    AppMessage,
     ClientMessageType,
     ErrorCode,
+    IceCandidateMessage,
     KickMessage,
     LeaveMessage,
+    MediaStateMessage,
+    OfferMessage,
     PingMessage,
     ProtocolError,
     RefreshMessage,
+    RelayedMessage,
     ServerMessage,
     parse_client_frame,
+    relay_payload,
 )
 from tests.peers import Peer, eventually
-from tests.servers import RedisServer, SbdServer
+from tests.servers import TEST_SECRET, RedisServer, SbdServer
 
 MAX_BYTES = 16384
 EXAMPLES = int(os.environ.get("SBD_FUZZ_EXAMPLES", "1000"))
@@ -294,14 +305,11 @@ def oracle(frame: str | bytes, me: str, bystanders: set[str]) -> Expected:
     return Expected((_error(ErrorCode.UNKNOWN_PEER),))
 
 
-def _relayable(message: BaseModel) -> bool:
-    """Whether the server can re-serialize the payload for its receivers
-    (orjson writes at most 254 levels of nesting, though it reads 1 024)."""
-    payload = getattr(message, "payload", None)
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(exclude_none=True)
+def _relayable(message: RelayedMessage) -> bool:
+    """Whether the server can serialize the payload for its receivers, as the
+    relay does (an ``app`` payload is its exact text, already depth-checked)."""
     try:
-        orjson.dumps({"payload": payload})  # one level down, as in the relayed frame
+        orjson.dumps({"payload": relay_payload(message)})  # one level down, as relayed
     except orjson.JSONEncodeError:
         return False
     return True
@@ -419,3 +427,108 @@ async def test_the_bystanders_kept_talking_and_the_server_kept_quiet(room: Room)
     log = room.server.log()
     for marker in ("Traceback", "Exception in ASGI application", '"level":"ERROR"', " ERROR "):
         assert marker not in log, f"server log has {marker!r}"
+
+
+# --- message validation, in process (no server) ------------------------------------
+#
+# The same budget: SBD_FUZZ_EXAMPLES scales these too (`make fuzz`); by default
+# a fifth of it each, derandomized, a few seconds in all.
+
+VALIDATION_EXAMPLES = max(EXAMPLES // 5, 50)
+validation_settings = settings(
+    max_examples=VALIDATION_EXAMPLES,
+    derandomize=DERANDOMIZE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# Number literals as a client may write them, beyond what floats hold.
+number_literals = (
+    st.integers(min_value=-(2**200), max_value=2**200).map(str)
+    | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.from_regex(r"-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,60})?([eE][+-]?[0-9]{1,4})?", fullmatch=True)
+)
+string_literals = st.text(max_size=12).map(lambda t: json.dumps(t, ensure_ascii=False)) | st.text(
+    max_size=12
+).map(json.dumps)  # \uXXXX escapes, surrogate pairs escaped
+literals = number_literals | string_literals | st.sampled_from(["true", "false", "null"])
+spaces = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
+
+
+@st.composite
+def json_texts(draw: st.DrawFn, depth: int = 0) -> str:
+    """A JSON text with the literal forms and spacing a client may choose."""
+    kind = draw(st.sampled_from(["literal"] * 3 + (["array", "object"] if depth < 6 else [])))
+    if kind == "literal":
+        return draw(literals)
+    items = draw(st.lists(json_texts(depth + 1), max_size=4))
+    pad = draw(spaces)
+    if kind == "array":
+        return "[" + pad + ("," + pad).join(items) + pad + "]"
+    keys = draw(st.lists(string_literals, min_size=len(items), max_size=len(items)))
+    members = [f"{key}{pad}:{pad}{item}" for key, item in zip(keys, items, strict=True)]
+    return "{" + pad + ("," + pad).join(members) + pad + "}"
+
+
+@validation_settings
+@given(payload=json_texts(), to=st.sampled_from(['"peer-1"', "null", None]), pad=spaces)
+def test_app_payload_text_is_relayed_exactly(payload: str, to: str | None, pad: str) -> None:
+    members = ['"type":"app"', f'"payload":{pad}{payload}{pad}']
+    if to is not None:
+        members.insert(1, f'"to":{to}')
+    message = parse_client_frame("{" + pad + ",".join(members) + "}")
+    assert isinstance(message, AppMessage)
+    assert orjson.dumps({"p": relay_payload(message)}) == b'{"p":' + payload.encode() + b"}"
+
+
+@validation_settings
+@given(frame=frames)
+def test_validation_answers_every_frame_with_a_message_or_an_error(frame: Any) -> None:
+    """Whatever arrives: a message the relay can serialize, or an ``error``
+    frame that encodes, short and without internals."""
+    text = frame if isinstance(frame, str | bytes) else json.dumps(frame, ensure_ascii=False)
+    try:
+        message = parse_client_frame(text)
+    except ProtocolError as error:
+        answer = orjson.loads(error.frame())
+        assert answer["payload"]["code"] in {code.value for code in ErrorCode}
+        assert_no_leak(answer)
+        return
+    if isinstance(message, RELAYED_MODELS):
+        _relayable(message)  # never raises anything but the encoder's own error
+
+
+RELAYED_MODELS = (OfferMessage, AnswerMessage, IceCandidateMessage, MediaStateMessage, AppMessage)
+claim_text = st.text(max_size=20) | st.sampled_from(["\ud83d", "a\nb", "\x1b[31m", "x" * 256, ""])
+claim_values = claim_text | st.integers() | st.floats(allow_nan=False) | st.booleans() | st.none()
+TOKENS = TokenService(Settings(jwt_secret=TEST_SECRET))
+
+
+@validation_settings
+@given(
+    sub=claim_values,
+    name=claim_values,
+    rooms=claim_values | st.lists(claim_text, max_size=3),
+    exp=claim_values | st.just(int(time.time()) + 600),
+)
+def test_a_verified_token_holds_only_text_the_service_can_carry(
+    sub: Any, name: Any, rooms: Any, exp: Any
+) -> None:
+    claims = {"sub": sub, "name": name, "rooms": rooms, "exp": exp}
+    token = jwt.encode({k: v for k, v in claims.items() if v is not None}, TEST_SECRET)
+    try:
+        principal = TOKENS.verify(token)
+    except InvalidToken as refused:
+        assert refused.reason in {
+            "invalid token",
+            "invalid subject",
+            "token expired",
+            "invalid rooms claim",
+            "missing token",
+        }
+        return
+    # Everything downstream encodes these with orjson, logs and keys on them.
+    orjson.dumps([principal.user_id, principal.name, principal.rooms])
+    assert 0 < len(principal.user_id) <= 255
+    forbidden = {"Cc", "Cs", "Zl", "Zp"}
+    assert not any(unicodedata.category(char) in forbidden for char in principal.user_id)
+    assert isinstance(exp, int | float) and not isinstance(exp, bool)

@@ -12,6 +12,13 @@ no credential in any line.
   string (the token) at INFO on ``uvicorn.error``; :class:`RedactCredentials`
   rewrites the ``token``, ``ticket`` and ``resume`` query values and bearer
   tokens in every record, and the formatters redact the final line again.
+- Forged lines: a field can hold what a client chose (a ``sub``, a path, an
+  exception's message). Both formats write every control character (C0, DEL,
+  C1) and U+2028/U+2029 of every field as a visible escape (``\\x0a``,
+  ``\\x1b``), so no client can end a line, start a fake one or send
+  escape sequences to an operator's terminal. A traceback keeps its line
+  breaks, but in text format each of its lines is indented, so only a
+  record's first line ever starts at the left margin with a timestamp.
 """
 
 from __future__ import annotations
@@ -58,6 +65,31 @@ def new_context(request_id: str) -> LogContext:
 
 def current_context() -> LogContext | None:
     return _context.get()
+
+
+# Every Cc character and the two Unicode line separators, as visible escapes.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+# The same without the newline: for tracebacks, whose lines the server wrote.
+_CONTROL_ESCAPES_BUT_NEWLINE = {
+    code: escape for code, escape in _CONTROL_ESCAPES.items() if code != ord("\n")
+}
+TRACEBACK_INDENT = "    "
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line, control characters written as escapes."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def _escape_traceback(text: str) -> str:
+    return text.translate(_CONTROL_ESCAPES_BUT_NEWLINE)
+
+
+def _escape_field(value: Any) -> Any:
+    return redact(escape_controls(value)) if isinstance(value, str) else value
 
 
 def redact(text: str) -> str:
@@ -160,20 +192,22 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": _escape_field(record.getMessage()),
             "instance": getattr(record, "instance", None),
         }
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                line[name] = value
+                line[name] = _escape_field(value)
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
-            line.update(_access_fields(record.args))
+            line.update(
+                (key, _escape_field(value)) for key, value in _access_fields(record.args).items()
+            )
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in line:
-                line[key] = redact(value) if isinstance(value, str) else value
+                line[_escape_field(key)] = _escape_field(value)
         if record.exc_info:
-            line["exc"] = redact(self.formatException(record.exc_info))
+            line["exc"] = redact(_escape_traceback(self.formatException(record.exc_info)))
         return orjson.dumps(line, default=str).decode()
 
 
@@ -193,9 +227,18 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         values = ((name, getattr(record, name, None)) for name in CONTEXT_FIELDS)
-        parts = [f"{name}={value}" for name, value in values if value]
+        parts = [f"{name}={escape_controls(str(value))}" for name, value in values if value]
         record.context = f" [{' '.join(parts)}]" if parts else ""
-        return redact(super().format(record))
+        record.message = escape_controls(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                lines = _escape_traceback(extra).splitlines()
+                line += "".join(f"\n{TRACEBACK_INDENT}{text}" for text in lines)
+        return redact(line)
 
 
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "second_brain_database")

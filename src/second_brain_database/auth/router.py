@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from second_brain_database.auth.dependencies import Auth
 from second_brain_database.auth.metrics import AUTH_FAILURES
+from second_brain_database.auth.users import username_too_long
 
 router = APIRouter(tags=["auth"])
 
@@ -29,6 +30,13 @@ async def login(
     if not auth.tokens.can_issue:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, "password login is off: tokens come from an external issuer"
+        )
+    if username_too_long(form.username):
+        AUTH_FAILURES.labels(reason="username too long").inc()
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "incorrect username or password",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     client = request.client.host if request.client else None
     if not await auth.login_throttle.allow(client, form.username):

@@ -12,11 +12,18 @@
   none is configured).
 - Only access tokens open a session: a ``typ`` header, ``token_use`` or
   ``typ`` claim that names anything else (ID, refresh tokens) is refused.
+- Claims are checked as values, not only as JSON: every string in them must
+  be valid Unicode text (JSON decoders accept a lone escaped surrogate such
+  as ``"\ud83d"``, which nothing downstream can encode); ``exp``, ``nbf``
+  and ``iat`` must be numbers (PyJWT takes the string ``"9999999999"``);
+  ``sub`` is 1-255 characters without control or line-separator characters,
+  since it is logged, keyed on and shown to other peers (docs/security.md).
 """
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,13 @@ PUBLIC_KEY_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_CURVES) | {"EdDSA"}
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 # JWK key type each public-key algorithm needs.
 _KTY = {**dict.fromkeys(_RSA_ALGORITHMS, "RSA"), **dict.fromkeys(_EC_CURVES, "EC"), "EdDSA": "OKP"}
+# OpenID Connect's bound for ``sub``; user ids longer than that are a mistake or an attack.
+MAX_SUBJECT_CHARS = 255
+# Unicode categories a ``sub`` may not hold: controls (C0, DEL, C1: newlines,
+# ANSI escapes), surrogates, and the line and paragraph separators.
+_FORBIDDEN_SUBJECT_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# RFC 7519 NumericDate claims.
+_NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 # Header ``typ`` values of access tokens (RFC 9068 uses at+jwt).
 ACCESS_TYP_HEADERS = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 # ``typ`` claim values of access tokens (Keycloak says "Bearer").
@@ -227,6 +241,7 @@ class TokenService:
             raise InvalidToken("invalid token", "bad signature") from None
         except jwt.PyJWTError:
             raise InvalidToken("invalid token") from None
+        _check_claim_values(claims)
         _check_token_use(claims)
         return _principal(claims)
 
@@ -290,6 +305,38 @@ def _jwk_key(jwk: dict[str, Any], algorithm: str) -> Any:
         raise InvalidToken("invalid token", "unusable JWK") from None
 
 
+def _check_claim_values(claims: dict[str, Any]) -> None:
+    """The one place that holds claim values to what the rest of the service
+    can carry (module doc); every token, on every path, passes here."""
+    if not _is_text(claims):
+        raise InvalidToken("invalid token", "claim is not valid text")
+    for name in _NUMERIC_DATE_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidToken("invalid token", f"{name} is not a number")
+    subject = claims["sub"]
+    if not (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS) or any(
+        unicodedata.category(char) in _FORBIDDEN_SUBJECT_CATEGORIES for char in subject
+    ):
+        raise InvalidToken("invalid subject")
+
+
+def _is_text(value: object) -> bool:
+    """False when a string anywhere in ``value`` (keys included) holds a lone
+    surrogate, i.e. is not encodable as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_text(key) and _is_text(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_is_text(item) for item in value)
+    return True
+
+
 def _check_token_use(claims: dict[str, Any]) -> None:
     token_use = claims.get("token_use", ACCESS_TOKEN_USE)
     typ = claims.get("typ")
@@ -300,9 +347,7 @@ def _check_token_use(claims: dict[str, Any]) -> None:
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
-    user_id = claims["sub"]
-    if not isinstance(user_id, str) or not user_id:
-        raise InvalidToken("invalid subject")
+    user_id: str = claims["sub"]  # checked by _check_claim_values
     name = claims.get("name")
     rooms = claims.get("rooms")
     if rooms is not None and not (

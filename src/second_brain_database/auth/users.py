@@ -59,3 +59,9 @@ class UserStore:
         if row is None:
             return None
         return username, row[1] or username
+
+
+def username_too_long(username: str) -> bool:
+    """No stored login is longer than USERNAME_MAX: such an attempt is refused
+    before it costs a throttle bucket, a key or a password hash."""
+    return len(username) > USERNAME_MAX

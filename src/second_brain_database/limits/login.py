@@ -43,6 +43,12 @@ return allowed
 """
 
 
+def username_key(username: str) -> str:
+    """A fixed-size key for a username: never its text, whatever its length."""
+    digest = hashlib.blake2b(username.casefold().encode(errors="replace"), digest_size=16)
+    return f"user:{digest.hexdigest()}"
+
+
 def bucket_key(key: str) -> str:
     # Hashed: usernames are whatever a client sends.
     return f"sbd:login:{{{hashlib.sha256(key.encode()).hexdigest()[:32]}}}"
@@ -58,10 +64,12 @@ class LoginThrottle:
         self._take_script = redis.register_script(_TAKE) if redis is not None else None
 
     async def allow(self, address: str | None, username: str) -> bool:
-        # Both buckets pay for the attempt, so neither can be drained through the other.
-        by_address = await self._take(f"addr:{client_key(address)}")
-        by_username = await self._take(f"user:{username.casefold()}")
-        return by_address and by_username
+        # The address bucket first: a throttled address adds no username key.
+        if not await self._take(f"addr:{client_key(address)}"):
+            return False
+        # The address paid for the attempt too, so neither bucket can be
+        # drained through the other.
+        return await self._take(username_key(username))
 
     async def _take(self, key: str) -> bool:
         if self._take_script is None:

@@ -59,11 +59,11 @@ from second_brain_database.webrtc.schemas import (
     LeaveMessage,
     MediaStateMessage,
     OfferMessage,
-    PayloadModel,
     PingMessage,
     ProtocolError,
     RefreshMessage,
     parse_client_frame,
+    relay_payload,
 )
 from second_brain_database.webrtc.transport import (
     CLOSE_TIMEOUT_S,
@@ -555,9 +555,7 @@ class ConnectionManager:
 
     @staticmethod
     def _relayed(session: Session, message: TargetableMessage) -> Envelope:
-        payload = message.payload
-        if isinstance(payload, PayloadModel):
-            payload = payload.as_json()
+        payload = relay_payload(message)
         if message.to == session.peer_id:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "cannot send to yourself", message.id)
         try:

@@ -88,7 +88,7 @@ async def webrtc_config(
 ) -> RtcConfiguration:
     """An RTCConfiguration with STUN and, when configured, ephemeral TURN credentials."""
     response.headers["Cache-Control"] = "no-store"
-    return rtc_configuration(service.settings, user.user_id)
+    return rtc_configuration(service.settings, user.user_id, token_expires_at=user.expires_at)
 
 
 @router.get("/api/v1/webrtc/rooms/{room_id}/participants", response_model=ParticipantsResponse)

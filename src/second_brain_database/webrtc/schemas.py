@@ -10,11 +10,14 @@ payload to send back, never a dropped connection.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import IntEnum, StrEnum
+from json import JSONDecoder, decoder, scanner
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 ROOM_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
@@ -23,6 +26,11 @@ MAX_SDP_CHARS = 60_000
 MAX_CANDIDATE_CHARS = 2_048
 MAX_ID_CHARS = 128
 MAX_NOTICE_CHARS = 1_000
+# Deepest nesting of an ``app`` payload (docs/protocol.md); well inside the
+# recursion limit of the decoder that finds the payload's text.
+MAX_APP_PAYLOAD_DEPTH = 512
+TOO_DEEP = "payload is nested too deeply"
+_APP = "app"
 
 PeerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ClientRef = Annotated[str, Field(max_length=MAX_ID_CHARS)]
@@ -129,11 +137,13 @@ class IceCandidatePayload(PayloadModel):
 
 
 class MediaState(PayloadModel):
-    """What a peer is sending; every field optional, unknown fields refused."""
+    """What a peer is sending; every field optional, unknown fields refused.
+    Strict booleans: ``1`` or ``"true"`` is refused, not read as true, so that
+    every receiver sees exactly ``true``/``false``."""
 
-    audio: bool | None = None
-    video: bool | None = None
-    screen: bool | None = None
+    audio: bool | None = Field(default=None, strict=True)
+    video: bool | None = Field(default=None, strict=True)
+    screen: bool | None = Field(default=None, strict=True)
 
 
 class RefreshPayload(PayloadModel):
@@ -180,9 +190,17 @@ class MediaStateMessage(_ClientMessage):
 
 
 class AppMessage(_ClientMessage):
+    """``payload`` is the decoded value (for the server's own use); what is
+    relayed is ``exact_payload``, the JSON text the client sent (an
+    :class:`orjson.Fragment`, :func:`app_frame`): no number, escape or space
+    of it is changed. ``exact_payload`` is set by :func:`parse_client_frame`
+    over anything a client sent under that name, and is no part of the wire
+    schema. (A plain field: a private attribute doubles validation's cost.)"""
+
     type: Literal[ClientMessageType.APP]
     to: PeerId | None = None
     payload: Any = None
+    exact_payload: SkipJsonSchema[Any] = Field(default=None, exclude=True)
 
 
 class PingMessage(_ClientMessage):
@@ -329,11 +347,22 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
+        # orjson refuses some valid JSON (1e400, a lone escaped surrogate);
+        # an ``app`` payload may hold it, since it is relayed as text.
+        raw = _app_frame_orjson_refused(text)
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
+    # A plain str: comparing with the enum member costs more (measured on the
+    # relay of every offer).
+    if raw.get("type") == _APP:
+        exact_payload: orjson.Fragment | None = None
+        if "payload" in raw:
+            exact_payload = _payload_as_written_by_orjson(text, raw["payload"])
+            if exact_payload is None:
+                raw, exact_payload = app_frame(text, raw.get("id"))
+        raw["exact_payload"] = exact_payload
     try:
-        return _client_message_adapter.validate_python(raw)
+        message = _client_message_adapter.validate_python(raw)
     except ValidationError as exc:
         # Worked out only for a refused frame: the hot path is the valid one.
         ref = raw.get("id")
@@ -343,6 +372,149 @@ def parse_client_frame(text: str | bytes) -> ClientMessage:
             why = f"'{kind}' is sent by the server only"
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, why, ref) from None
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), ref) from None
+    return message
+
+
+def relay_payload(message: RelayedMessage) -> Any:
+    """A relayed message's payload as its receivers get it: an ``app``
+    payload's exact text, the other payloads' fields."""
+    if isinstance(message, AppMessage):
+        return message.exact_payload
+    return message.payload.as_json()
+
+
+# --- app payloads: carried as the exact text the client sent ------------------
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The standard library's C scanner (public in all but its stubs): it parses one
+# JSON value, or string, and says where it ends, which is how the payload's own
+# text is cut out of the frame.
+_scan_value: Callable[[str, int], tuple[Any, int]] = scanner.make_scanner(
+    JSONDecoder(parse_constant=_refuse_constant)  # type: ignore[arg-type]
+)
+_scan_string: Callable[[str, int, bool], tuple[str, int]] = decoder.scanstring  # type: ignore[attr-defined]
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A string, or an unterminated one to the end: one pass, no retries (linear
+# even on a frame that is not JSON).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def _payload_as_written_by_orjson(text: str | bytes, payload: Any) -> orjson.Fragment | None:
+    """The fast path of :func:`app_frame`, for the common frame: the payload is
+    the last member and the client wrote it exactly as orjson writes the
+    decoded value (compact, no big numbers). Proven by comparing the text, so
+    it is exact whenever it answers; None sends the frame the slow way."""
+    if not isinstance(text, str):
+        return None
+    try:
+        written = orjson.dumps(payload).decode()
+    except orjson.JSONEncodeError:
+        return None
+    member = f'"payload":{written}}}'
+    text = text.rstrip(" \t\n\r")
+    # A ',' or '{' before the key's quote proves it a top-level key, not the
+    # end of one like "x\\"payload" (a quote inside a string is escaped).
+    if text.endswith(member) and text[: -len(member)].rstrip(" \t\n\r")[-1:] in (",", "{"):
+        return orjson.Fragment(written)
+    return None
+
+
+def app_frame(
+    text: str | bytes, ref: object = None
+) -> tuple[dict[str, Any], orjson.Fragment | None]:
+    """The top-level object of an ``app`` frame, decoded, and its ``payload``
+    (the last one, as for any JSON object) as an :class:`orjson.Fragment` of
+    exactly the text the client sent: relayed so, big integers, ``-0``, long
+    decimals, ``1e400`` and escapes arrive unchanged."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
+    # Checked before the scanner recurses: the frame's object is one level.
+    if _nested_deeper_than(text, MAX_APP_PAYLOAD_DEPTH + 1):
+        ref = ref[:MAX_ID_CHARS] if isinstance(ref, str) else None
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, ref)
+    try:
+        frame, span = _split_payload(text)
+    except (ValueError, StopIteration, IndexError):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON") from None
+    if span is None:
+        return frame, None
+    return frame, orjson.Fragment(text[span[0] : span[1]])
+
+
+def _split_payload(text: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """Walk the top-level object: decode every member but ``payload``, whose
+    span is returned. Raises ValueError (or the scanner's StopIteration) on
+    anything that is not one JSON object."""
+    index = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
+    if text[index] != "{":
+        raise ValueError("not an object")
+    frame: dict[str, Any] = {}
+    payload: tuple[int, int] | None = None
+    index = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    if text[index] == "}":
+        index += 1
+    else:
+        while True:
+            if text[index] != '"':
+                raise ValueError("key expected")
+            key, index = _scan_string(text, index + 1, True)
+            index = _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text[index] != ":":
+                raise ValueError("':' expected")
+            start = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+            value, index = _scan_value(text, start)
+            if key == "payload":
+                payload = (start, index)
+                frame.pop("payload", None)  # keep the member order a parser would
+            frame[key] = value
+            index = _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text[index] == "}":
+                index += 1
+                break
+            if text[index] != ",":
+                raise ValueError("',' or '}' expected")
+            index = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    if _WHITESPACE.match(text, index).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError("text after the object")
+    return frame, payload
+
+
+def _nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects deeper than ``limit``.
+    Exact, but worked out only when there are that many brackets at all."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _app_frame_orjson_refused(text: str | bytes) -> dict[str, Any]:
+    """A frame orjson refused: valid only as an ``app`` frame whose other
+    members are plain text (they may be echoed in an ``error``)."""
+    not_json = ProtocolError(ErrorCode.INVALID_MESSAGE, "frame is not valid JSON")
+    try:
+        frame, _ = app_frame(text)
+    except ProtocolError:
+        raise not_json from None
+    if frame.get("type") != ClientMessageType.APP:
+        raise not_json
+    try:
+        orjson.dumps({key: value for key, value in frame.items() if key != "payload"})
+    except orjson.JSONEncodeError:
+        raise not_json from None
+    return frame
 
 
 def _describe(exc: ValidationError) -> str:

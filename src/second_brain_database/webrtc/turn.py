@@ -3,6 +3,15 @@
 Credentials follow the TURN REST API convention that coturn checks with
 ``use-auth-secret``: ``username = "<unix expiry>:<user_id>"`` and
 ``credential = base64(HMAC-SHA1(secret, username))``.
+
+- Expiry: the earlier of ``SBD_TURN_TTL`` from now and the access token's
+  ``exp``, so a short-lived token never buys a long-lived relay.
+- User: percent-encoded (``quote(user_id, safe="")``: ``:`` becomes ``%3A``,
+  ``%`` becomes ``%25``), an injective encoding, so two user ids never share
+  a TURN username and the ``:`` after the expiry stays the only one. An
+  encoding longer than :data:`MAX_TURN_USER_CHARS` (STUN caps USERNAME at
+  513 bytes) is replaced by ``*`` and a SHA-256 prefix; ``*`` is never
+  produced by the percent-encoding, so the two forms cannot meet.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import time
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -35,16 +45,32 @@ def turn_credential(secret: str, username: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+# Room for "<expiry>:" within STUN's 513-byte USERNAME.
+MAX_TURN_USER_CHARS = 400
+
+
+def turn_user(user_id: str) -> str:
+    """The user part of a TURN username: one per user id (module doc)."""
+    encoded = quote(user_id, safe="")
+    if len(encoded) <= MAX_TURN_USER_CHARS:
+        return encoded
+    return "*" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
+
+
 def rtc_configuration(
-    settings: Settings, user_id: str, now: float | None = None
+    settings: Settings,
+    user_id: str,
+    now: float | None = None,
+    token_expires_at: float | None = None,
 ) -> RtcConfiguration:
     servers: list[IceServer] = []
     if settings.stun_urls:
         servers.append(IceServer(urls=list(settings.stun_urls)))
     if settings.turn_urls and settings.turn_secret:
         expiry = int(now if now is not None else time.time()) + settings.turn_ttl
-        # ':' separates expiry from user in the REST convention; keep it unambiguous.
-        username = f"{expiry}:{user_id.replace(':', '_')}"
+        if token_expires_at is not None:
+            expiry = min(expiry, int(token_expires_at))
+        username = f"{expiry}:{turn_user(user_id)}"
         servers.append(
             IceServer(
                 urls=list(settings.turn_urls),
