@@ -332,7 +332,7 @@ export class SignalingClient extends EventTarget {
         // A refused token ends the session as a 4003 close would; anything
         // else (network, 5xx) is a failed attempt worth retrying.
         const refused = error instanceof SignalingError && error.code === "unauthorized";
-        this._onClose(refused ? 4003 : 1006, String(error?.message ?? error), false);
+        this._onClose(refused ? 4003 : 1006, error instanceof Error ? error.message : String(error), false);
         return;
       }
       if (this.status === "closed") return;
