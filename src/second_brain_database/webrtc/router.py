@@ -85,9 +85,11 @@ async def _session(
 async def webrtc_config(
     user: CurrentUser, service: Service, response: Response
 ) -> RtcConfiguration:
-    """An RTCConfiguration with STUN and, when configured, ephemeral TURN credentials."""
+    """An RTCConfiguration with STUN and, when configured, ephemeral TURN
+    credentials; relay candidates only for a token with ``"ice": "relay"``."""
     response.headers["Cache-Control"] = "no-store"
-    return rtc_configuration(service.settings, user.user_id)
+    config = rtc_configuration(service.settings, user.user_id)
+    return config.model_copy(update={"iceTransportPolicy": user.ice_policy})
 
 
 @router.get("/api/v1/webrtc/rooms/{room_id}/participants", response_model=ParticipantsResponse)

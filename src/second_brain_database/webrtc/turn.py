@@ -14,6 +14,7 @@ import time
 
 from pydantic import BaseModel, Field
 
+from second_brain_database.auth.tokens import IcePolicy
 from second_brain_database.config import Settings
 
 
@@ -27,7 +28,7 @@ class RtcConfiguration(BaseModel):
     """Passed as is to ``new RTCPeerConnection(...)``."""
 
     iceServers: list[IceServer] = Field(default_factory=list)
-    iceTransportPolicy: str = "all"
+    iceTransportPolicy: IcePolicy = "all"
 
 
 def turn_credential(secret: str, username: str) -> str:
