@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, Route, ViewportSize, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
+from tests.edge import Coturn
 from tests.sdk_package import pack_and_install
 
 CHROMIUM = os.environ.get("SBD_CHROMIUM", "/usr/bin/chromium")
@@ -36,6 +37,7 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
 ]
 VIEWPORT: ViewportSize = {"width": 1280, "height": 760}
+TURN_SECRET = "turn-secret-shared-by-sbd-and-coturn"
 
 NewPage = Callable[[str], Awaitable[Page]]
 
@@ -48,6 +50,14 @@ async def browser() -> AsyncIterator[Browser]:
         instance = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         await instance.close()
+
+
+@pytest.fixture(scope="module")
+def coturn() -> Iterator[Coturn]:
+    """The repo's coturn configuration (deploy/turnserver.conf) with TURN_SECRET."""
+    server = Coturn(TURN_SECRET).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

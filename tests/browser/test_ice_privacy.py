@@ -6,50 +6,17 @@ usual (so the claim is what makes the difference)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
-from playwright.async_api import Page
-
-from tests.browser.callpage import join_with_token, send_chat, wait_chat, wait_connected
-from tests.browser.conftest import NewPage
+from tests.browser.callpage import (
+    candidates,
+    join_with_token,
+    send_chat,
+    wait_chat,
+    wait_connected,
+)
+from tests.browser.conftest import TURN_SECRET, NewPage
 from tests.conftest import SbdFactory
 from tests.edge import Coturn
 from tests.peers import make_token
-
-TURN_SECRET = "turn-secret-shared-by-sbd-and-coturn"
-
-# Candidate types of one peer connection, from getStats(): all gathered
-# (local), all learnt from the other side (remote), and the selected pair.
-CANDIDATES = """async (peerId) => {
-    const pc = window.sbd.client.peers.get(peerId).pc;
-    const stats = [...(await pc.getStats()).values()];
-    const types = (kind) => stats.filter((s) => s.type === kind).map((s) => s.candidateType);
-    const transport = stats.find((s) => s.type === "transport");
-    const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId);
-    const typeOf = (id) => stats.find((s) => s.id === id)?.candidateType ?? null;
-    const selectedLocal = stats.find((s) => s.id === pair?.localCandidateId);
-    return {
-        policy: pc.getConfiguration().iceTransportPolicy,
-        local: types("local-candidate"),
-        remote: types("remote-candidate"),
-        selected: pair ? [typeOf(pair.localCandidateId), typeOf(pair.remoteCandidateId)] : null,
-        selectedUrl: selectedLocal?.url ?? null,
-    };
-}"""
-
-
-@pytest.fixture(scope="module")
-def coturn() -> Iterator[Coturn]:
-    server = Coturn(TURN_SECRET).start()
-    yield server
-    server.stop()
-
-
-async def candidates(page: Page, peer_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = await page.evaluate(CANDIDATES, peer_id)
-    return found
 
 
 async def test_relay_claim_hides_the_users_addresses(

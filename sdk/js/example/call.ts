@@ -9,6 +9,7 @@ import {
   SignalingError,
   type SignalingEventMap,
   type ServerFrame,
+  type ServerRtcConfiguration,
   closeMeaning,
   fetchRtcConfig,
   login,
@@ -27,12 +28,12 @@ export async function startCall(room: string): Promise<SignalingClient> {
   const { token, expiresIn } = await login("", "alice", "a-long-password");
   const expires: number | null = tokenExpiry(token);
   console.log(`token valid ${expiresIn} s, until ${expires ?? "?"}`);
-  const rtcConfig: RTCConfiguration = await fetchRtcConfig("", token);
+  const rtcConfig: ServerRtcConfiguration = await fetchRtcConfig("", token);
+  console.log(`TURN credentials for ${rtcConfig.expiresIn ?? "ever"} s`);
   const camera = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
   const call = new SignalingClient({
     token,
     room,
-    rtcConfig,
     localStream: camera,
     reconnect: { maxDelayMs: 4000 },
     tokenProvider: async () => (await login("", "alice", "a-long-password")).token,

@@ -25,10 +25,13 @@ class IceServer(BaseModel):
 
 
 class RtcConfiguration(BaseModel):
-    """Passed as is to ``new RTCPeerConnection(...)``."""
+    """Passed as is to ``new RTCPeerConnection(...)`` (browsers ignore
+    ``expiresIn``: seconds until its TURN credentials expire, absent without
+    TURN; clients fetch a fresh one before then)."""
 
     iceServers: list[IceServer] = Field(default_factory=list)
     iceTransportPolicy: IcePolicy = "all"
+    expiresIn: int | None = None
 
 
 def turn_credential(secret: str, username: str) -> str:
@@ -53,4 +56,5 @@ def rtc_configuration(
                 credential=turn_credential(settings.turn_secret, username),
             )
         )
-    return RtcConfiguration(iceServers=servers)
+    expires_in = settings.turn_ttl if any(s.credential for s in servers) else None
+    return RtcConfiguration(iceServers=servers, expiresIn=expires_in)

@@ -78,6 +78,8 @@ export declare class RemotePeer {
   send(data: string | ArrayBuffer | Blob | ArrayBufferView): boolean;
   /** Gather fresh ICE candidates (new ufrag) and renegotiate. */
   restartIce(): void;
+  /** Use these ICE servers (fresh TURN credentials) from the next ICE restart on. */
+  setConfiguration(config: RTCConfiguration): void;
   /** Send this stream's tracks instead (replaceTrack where possible). */
   setLocalStream(stream: MediaStream | null): Promise<void>;
   close(): void;

@@ -45,6 +45,16 @@ export type {
   WelcomeFrame,
 } from "./sbd-protocol.js";
 
+/**
+ * What `GET /api/v1/webrtc/config` answers: an RTCConfiguration (pass it to
+ * `new RTCPeerConnection`) plus `expiresIn`, the seconds its TURN credentials
+ * last (absent without TURN). `iceTransportPolicy` is "relay" for a token with
+ * the claim `"ice": "relay"`.
+ */
+export interface ServerRtcConfiguration extends RTCConfiguration {
+  expiresIn?: number;
+}
+
 export type ConnectionStatus = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
 export interface ReconnectOptions {
@@ -65,7 +75,10 @@ export interface SignalingClientOptions {
   baseUrl?: string;
   /** Camera/microphone to send; without one the client only receives. */
   localStream?: MediaStream | null;
-  /** Skip fetching `/api/v1/webrtc/config`. */
+  /**
+   * Skip fetching `/api/v1/webrtc/config` (and refreshing it before its TURN
+   * credentials expire): this configuration is used as is.
+   */
   rtcConfig?: RTCConfiguration;
   /** Returns a fresh token; called before the current one expires. */
   tokenProvider?: () => Promise<string>;
@@ -119,7 +132,10 @@ export declare function login(
 ): Promise<{ token: string; expiresIn: number }>;
 
 /** The RTCConfiguration (STUN/TURN servers) the server hands out. */
-export declare function fetchRtcConfig(baseUrl: string, token: string): Promise<RTCConfiguration>;
+export declare function fetchRtcConfig(
+  baseUrl: string,
+  token: string,
+): Promise<ServerRtcConfiguration>;
 
 /** A single-use ticket for one room's WebSocket; null when the server has no ticket endpoint. */
 export declare function fetchTicket(
@@ -139,8 +155,12 @@ export declare class SignalingClient extends EventTarget {
   token: string;
   readonly baseUrl: string;
   localStream: MediaStream | null;
-  /** Null until `join()` fetched it (or the one given). */
-  rtcConfig: RTCConfiguration | null;
+  /**
+   * Null until `join()` fetched it (or the one given). A fetched one is
+   * replaced before its TURN credentials expire; peers use the fresh one for
+   * their next ICE restart.
+   */
+  rtcConfig: ServerRtcConfiguration | null;
   status: ConnectionStatus;
   /** This connection's id, set by `welcome`. */
   peerId: string | null;
