@@ -24,7 +24,7 @@ from second_brain_database.webrtc.dependencies import (
 from second_brain_database.webrtc.schemas import Participant
 from second_brain_database.webrtc.service import SignalingService
 from second_brain_database.webrtc.transport import SignalingSocket, open_socket
-from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration
+from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration, with_lifetime
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["webrtc"])
@@ -88,7 +88,8 @@ async def webrtc_config(
     """An RTCConfiguration with STUN and, when configured, ephemeral TURN
     credentials; relay candidates only for a token with ``"ice": "relay"``."""
     response.headers["Cache-Control"] = "no-store"
-    config = rtc_configuration(service.settings, user.user_id)
+    settings = service.settings
+    config = with_lifetime(rtc_configuration(settings, user.user_id), settings.turn_ttl)
     return config.model_copy(update={"iceTransportPolicy": user.ice_policy})
 
 

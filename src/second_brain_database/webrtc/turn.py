@@ -56,5 +56,12 @@ def rtc_configuration(
                 credential=turn_credential(settings.turn_secret, username),
             )
         )
-    expires_in = settings.turn_ttl if any(s.credential for s in servers) else None
-    return RtcConfiguration(iceServers=servers, expiresIn=expires_in)
+    return RtcConfiguration(iceServers=servers)
+
+
+def with_lifetime(config: RtcConfiguration, ttl: int) -> RtcConfiguration:
+    """``config`` saying when its TURN credentials expire, ``ttl`` seconds
+    after it was made (``SBD_TURN_TTL``); unchanged without credentials."""
+    if not any(server.credential for server in config.iceServers):
+        return config
+    return config.model_copy(update={"expiresIn": ttl})

@@ -623,8 +623,9 @@ export class SignalingClient extends EventTarget {
 
   /**
    * TURN credentials expire (`expiresIn` of the fetched configuration): fetch
-   * fresh ones before then, for peers that join later and for every ICE
-   * restart (a restart with expired credentials gets no relay).
+   * fresh ones before then, for every later allocation: peer connections to
+   * peers that join later, ICE restarts that allocate anew (expired
+   * credentials get no relay).
    * @param {number} [delayMs] default: ahead of the current one's expiry
    */
   _scheduleIceRefresh(delayMs) {
