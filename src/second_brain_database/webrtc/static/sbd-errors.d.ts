@@ -1,5 +1,5 @@
-// Declarations of sbd-errors.js (hand-written; tests/test_sdk_package.py holds
-// the implementation to them).
+// Declarations of sbd-errors.js (hand-written; the repository's
+// tests/test_sdk_package.py checks the implementation against them).
 
 /**
  * Why the SDK stopped or complained. The last four are the codes of the

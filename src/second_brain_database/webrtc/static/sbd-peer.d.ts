@@ -1,5 +1,5 @@
-// Declarations of sbd-peer.js (hand-written; tests/test_sdk_package.py holds
-// the implementation to them).
+// Declarations of sbd-peer.js (hand-written; the repository's
+// tests/test_sdk_package.py checks the implementation against them).
 
 import type { IceCandidatePayload } from "./sbd-protocol.js";
 

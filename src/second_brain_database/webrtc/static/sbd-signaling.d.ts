@@ -1,5 +1,6 @@
 // Declarations of sbd-signaling.js, the package's entry point (hand-written;
-// tests/test_sdk_package.py holds the implementation to them).
+// the repository's tests/test_sdk_package.py checks the implementation
+// against them).
 
 import type { SignalingError } from "./sbd-errors.js";
 import type { PeerInfo, RemotePeer } from "./sbd-peer.js";
