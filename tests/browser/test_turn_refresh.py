@@ -31,7 +31,7 @@ from tests.conftest import SbdFactory
 from tests.edge import Coturn
 from tests.peers import make_token
 
-TURN_TTL_S = 6
+TURN_TTL_S = 8  # seconds: room for a slow join, short enough to wait out
 PC_TURN_USERNAME = """id => window.sbd.client.peers.get(id).pc.getConfiguration()
     .iceServers.find((s) => s.credential).username"""
 # Relay candidates a new relay-only RTCPeerConnection gathers with `config`,
