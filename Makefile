@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: serve test lint typecheck pytest fuzz setup setup-test system-deps conformance \
-	test-uvicorn-latest
+	test-uvicorn-latest sdk-deps sdk-pack
 
 $(BIN)/sbd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ setup-test: $(VENV)/.test-deps
 
 system-deps:
 	./scripts/system-deps.sh
+
+# The browser SDK's development tools (TypeScript, for tests/test_sdk_package.py)
+# from sdk/js/package-lock.json; after this the tests need no registry.
+SDK_CHECKS := sdk/js
+$(SDK_CHECKS)/node_modules/.package-lock.json: $(SDK_CHECKS)/package-lock.json
+	cd $(SDK_CHECKS) && npm ci --no-audit --no-fund --loglevel=error
+
+sdk-deps: system-deps $(SDK_CHECKS)/node_modules/.package-lock.json
+
+# The npm package of the browser SDK, as it would be published: dist/*.tgz.
+sdk-pack:
+	mkdir -p dist
+	cd src/second_brain_database/webrtc/static && npm pack --pack-destination $(CURDIR)/dist
 
 # A .env with a random signing key, so `sbd token` and the server agree.
 .env:
@@ -48,7 +61,7 @@ lint: setup-test
 typecheck: setup-test
 	$(BIN)/mypy
 
-pytest: setup-test system-deps
+pytest: setup-test system-deps sdk-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite runs for real: redis-server (the suite starts
 # its own, standalone and as a cluster), chromium (browser tests), coturn and
-# nginx (deployment tests). Installs only what is missing; needs root for that.
+# nginx (deployment tests), npm (the browser SDK's package tests). Installs
+# only what is missing; needs root for that.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v npm >/dev/null || missing+=(npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

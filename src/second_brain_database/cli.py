@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--room", action="append", help="limit to this room (repeatable)")
     token.add_argument("--name", help="display name")
     token.add_argument("--role", choices=["host", "admin"])
+    token.add_argument(
+        "--ice",
+        choices=["all", "relay"],
+        help="relay: hide the user's IP addresses from peers (TURN relay candidates only)",
+    )
     token.set_defaults(run=_token)
 
     ops_commands.register(commands)
@@ -156,7 +161,12 @@ def _token(args: argparse.Namespace) -> int:
         raise ValueError("SBD_JWT_SECRET is not set: a server could not verify this token")
     print(
         TokenService(settings).issue(
-            args.user, name=args.name, ttl=args.ttl, rooms=args.room, role=args.role
+            args.user,
+            name=args.name,
+            ttl=args.ttl,
+            rooms=args.room,
+            role=args.role,
+            ice_policy=args.ice,
         )
     )
     return 0

@@ -4,6 +4,7 @@ reads of its state a test needs (tiles carry data-peer-id / data-state)."""
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 from playwright.async_api import Page
 
@@ -11,6 +12,9 @@ from tests.servers import BIN_DIR, SbdServer
 
 TIMEOUT_MS = 20_000
 REMOTE_TILES = ".tile:not(.local)"
+# The ICE username fragment of this page's side of its connection to a peer.
+LOCAL_UFRAG = """id => window.sbd.client.peers.get(id).pc.currentLocalDescription.sdp
+    .match(/a=ice-ufrag:(\\S+)/)[1]"""
 
 
 def add_user(server: SbdServer, name: str, password: str) -> None:
@@ -113,3 +117,30 @@ async def wait_chat(page: Page, text: str) -> None:
         arg=text,
         timeout=TIMEOUT_MS,
     )
+
+
+# Candidate types of one peer connection, from getStats(): all gathered
+# (local), all learnt from the other side (remote), the selected pair, and
+# the TURN server and relayed port of its local candidate.
+CANDIDATES = """async (peerId) => {
+    const pc = window.sbd.client.peers.get(peerId).pc;
+    const stats = [...(await pc.getStats()).values()];
+    const types = (kind) => stats.filter((s) => s.type === kind).map((s) => s.candidateType);
+    const transport = stats.find((s) => s.type === "transport");
+    const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId);
+    const typeOf = (id) => stats.find((s) => s.id === id)?.candidateType ?? null;
+    const selectedLocal = stats.find((s) => s.id === pair?.localCandidateId);
+    return {
+        policy: pc.getConfiguration().iceTransportPolicy,
+        local: types("local-candidate"),
+        remote: types("remote-candidate"),
+        selected: pair ? [typeOf(pair.localCandidateId), typeOf(pair.remoteCandidateId)] : null,
+        selectedUrl: selectedLocal?.url ?? null,
+        selectedPort: selectedLocal?.port ?? null,
+    };
+}"""
+
+
+async def candidates(page: Page, peer_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = await page.evaluate(CANDIDATES, peer_id)
+    return found

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from tests.browser.callpage import (
+    LOCAL_UFRAG,
     TIMEOUT_MS,
     add_user,
     join_with_password,
@@ -29,8 +30,6 @@ from tests.servers import SbdServer
 Cluster = tuple[SbdServer, SbdServer]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "call-page.png"
 _rooms = itertools.count()
-LOCAL_UFRAG = """id => window.sbd.client.peers.get(id).pc.currentLocalDescription.sdp
-    .match(/a=ice-ufrag:(\\S+)/)[1]"""
 
 
 def new_room() -> str:

@@ -26,7 +26,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -59,6 +59,9 @@ _NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 ACCESS_TYP_HEADERS = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 # ``typ`` claim values of access tokens (Keycloak says "Bearer").
 ACCESS_TYP_CLAIMS = frozenset({"bearer", "access", "at+jwt"})
+# The ``ice`` claim: "relay" keeps the user's IP addresses from peers (their
+# browsers gather TURN relay candidates only); "all" (or no claim) does not.
+IcePolicy = Literal["all", "relay"]
 
 
 class InvalidToken(Exception):
@@ -87,6 +90,7 @@ class Principal:
     expires_at: float
     rooms: tuple[str, ...] | None = None
     role: str | None = None
+    ice_policy: IcePolicy = "all"
 
     def may_join(self, room_id: str) -> bool:
         return self.rooms is None or "*" in self.rooms or room_id in self.rooms
@@ -160,6 +164,7 @@ class TokenService:
         ttl: int | None = None,
         rooms: list[str] | None = None,
         role: str | None = None,
+        ice_policy: IcePolicy | None = None,
     ) -> str:
         if self._secret is None or self._hmac_algorithm is None:
             raise ValueError("no HS algorithm in SBD_JWT_ALGORITHMS: this server cannot issue")
@@ -176,6 +181,8 @@ class TokenService:
             claims["rooms"] = rooms
         if role is not None:
             claims["role"] = role
+        if ice_policy is not None:
+            claims["ice"] = ice_policy
         if self._issuer:
             claims["iss"] = self._issuer
         if self._audience:
@@ -361,4 +368,16 @@ def _principal(claims: dict[str, Any]) -> Principal:
         expires_at=float(claims["exp"]),
         rooms=tuple(rooms) if rooms is not None else None,
         role=role if isinstance(role, str) else None,
+        ice_policy=_ice_policy(claims),
     )
+
+
+def _ice_policy(claims: dict[str, Any]) -> IcePolicy:
+    """The ``ice`` claim. Any other value refuses the token: a misspelt
+    "relay" must not quietly expose the addresses it was meant to hide."""
+    value = claims.get("ice", "all")
+    if value == "relay":
+        return "relay"
+    if value == "all":
+        return "all"
+    raise InvalidToken("invalid token", "invalid ice claim")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -24,7 +25,7 @@ from second_brain_database.webrtc.dependencies import (
 from second_brain_database.webrtc.schemas import Participant
 from second_brain_database.webrtc.service import SignalingService
 from second_brain_database.webrtc.transport import SignalingSocket, open_socket
-from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration
+from second_brain_database.webrtc.turn import RtcConfiguration, rtc_configuration, with_lifetime
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["webrtc"])
@@ -86,9 +87,14 @@ async def _session(
 async def webrtc_config(
     user: CurrentUser, service: Service, response: Response
 ) -> RtcConfiguration:
-    """An RTCConfiguration with STUN and, when configured, ephemeral TURN credentials."""
+    """An RTCConfiguration with STUN and, when configured, ephemeral TURN
+    credentials; relay candidates only for a token with ``"ice": "relay"``."""
     response.headers["Cache-Control"] = "no-store"
-    return rtc_configuration(service.settings, user.user_id, token_expires_at=user.expires_at)
+    now = time.time()
+    config = rtc_configuration(
+        service.settings, user.user_id, now=now, token_expires_at=user.expires_at
+    )
+    return with_lifetime(config, now).model_copy(update={"iceTransportPolicy": user.ice_policy})
 
 
 @router.get("/api/v1/webrtc/rooms/{room_id}/participants", response_model=ParticipantsResponse)

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
+from second_brain_database.auth.tokens import IcePolicy
 from second_brain_database.config import Settings
 
 
@@ -34,10 +35,13 @@ class IceServer(BaseModel):
 
 
 class RtcConfiguration(BaseModel):
-    """Passed as is to ``new RTCPeerConnection(...)``."""
+    """Passed as is to ``new RTCPeerConnection(...)`` (browsers ignore
+    ``expiresIn``: seconds until its TURN credentials expire, absent without
+    TURN; clients fetch a fresh one before then)."""
 
     iceServers: list[IceServer] = Field(default_factory=list)
-    iceTransportPolicy: str = "all"
+    iceTransportPolicy: IcePolicy = "all"
+    expiresIn: int | None = None
 
 
 def turn_credential(secret: str, username: str) -> str:
@@ -79,3 +83,18 @@ def rtc_configuration(
             )
         )
     return RtcConfiguration(iceServers=servers)
+
+
+def with_lifetime(config: RtcConfiguration, now: float) -> RtcConfiguration:
+    """``config`` saying how many seconds after ``now`` (the moment it was
+    made) its TURN credentials expire: the expiry their usernames carry, which
+    is the earlier of ``SBD_TURN_TTL`` and the token's ``exp``. Unchanged
+    without credentials."""
+    expiries = [
+        int(server.username.split(":", 1)[0])
+        for server in config.iceServers
+        if server.credential and server.username
+    ]
+    if not expiries:
+        return config
+    return config.model_copy(update={"expiresIn": max(min(expiries) - int(now), 0)})

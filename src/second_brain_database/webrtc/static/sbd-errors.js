@@ -6,11 +6,11 @@
  */
 
 /**
- * The last three are the `error` messages of the server (non-fatal).
+ * The last four are the `error` messages of the server (non-fatal).
  * @typedef {"unauthorized" | "room_full" | "invalid_room" | "origin_forbidden"
- *   | "message_too_big" | "rate_limited" | "server_restart" | "connection_lost"
- *   | "left" | "login_failed" | "http_error"
- *   | "invalid_message" | "unknown_peer" | "forbidden"} SignalingErrorCode
+ *   | "message_too_big" | "rate_limited" | "server_restart" | "try_again_later"
+ *   | "idle" | "replaced" | "connection_lost" | "left" | "login_failed" | "http_error"
+ *   | "invalid_message" | "unknown_peer" | "forbidden" | "unavailable"} SignalingErrorCode
  */
 
 /**

@@ -158,6 +158,21 @@ export class RemotePeer {
   }
 
   /**
+   * Use these ICE servers (fresh TURN credentials) from now on: for the
+   * connection not made yet, and for the next ICE restart of this one.
+   * @param {RTCConfiguration} config
+   */
+  setConfiguration(config) {
+    this._hooks.rtcConfig = config;
+    if (!this.pc || this._closed) return;
+    try {
+      this.pc.setConfiguration(config);
+    } catch (error) {
+      this._fail(error);
+    }
+  }
+
+  /**
    * Send this stream's tracks instead of the current ones: replaceTrack where
    * a sender of that kind exists (no renegotiation), else addTrack.
    * @param {MediaStream | null} stream

@@ -34,9 +34,20 @@ const ROOM_ID = /^[A-Za-z0-9_.-]{1,128}$/;
 /** Relayed messages sent while the socket is down wait for the resumed
  * session, up to this many (then the oldest go: ICE will restart anyway). */
 const OUTBOX_LIMIT = 512;
+/** A fetched ICE configuration is replaced this share of its lifetime
+ * (`expiresIn`) before its TURN credentials expire, at most a minute before;
+ * a failed fetch is retried after ICE_REFRESH_RETRY_MS. */
+const ICE_REFRESH_LEAD = 0.2;
+const ICE_REFRESH_MAX_LEAD_MS = 60_000;
+const ICE_REFRESH_MIN_DELAY_MS = 1000;
+const ICE_REFRESH_RETRY_MS = 5000;
 
 /**
  * @typedef {"idle" | "connecting" | "open" | "reconnecting" | "closed"} ConnectionStatus
+ *
+ * @typedef {RTCConfiguration & { expiresIn?: number }} ServerRtcConfiguration
+ *   what `GET /api/v1/webrtc/config` answers: `expiresIn`, seconds until its
+ *   TURN credentials expire (absent without TURN)
  *
  * @typedef {object} ReconnectOptions
  * @property {number} [initialDelayMs] first retry delay (default 500)
@@ -49,6 +60,7 @@ const OUTBOX_LIMIT = 512;
  * @property {string} [baseUrl] server origin, e.g. "https://calls.example.com"; default this page's
  * @property {MediaStream | null} [localStream] camera/microphone to send
  * @property {RTCConfiguration} [rtcConfig] skip fetching `/api/v1/webrtc/config`
+ *   (and refreshing it: a configuration given here is used as is)
  * @property {() => Promise<string>} [tokenProvider] returns a fresh token; called before expiry
  * @property {ReconnectOptions} [reconnect]
  * @property {number} [pingIntervalMs] keep-alive period (default 20000)
@@ -101,7 +113,7 @@ export async function login(baseUrl, username, password) {
  * The RTCConfiguration (STUN/TURN servers) the server hands out.
  * @param {string} baseUrl server origin; "" for this page's
  * @param {string} token
- * @returns {Promise<RTCConfiguration>}
+ * @returns {Promise<ServerRtcConfiguration>}
  */
 export async function fetchRtcConfig(baseUrl, token) {
   const response = await fetch(`${baseUrl}/api/v1/webrtc/config`, {
@@ -154,7 +166,7 @@ export class SignalingClient extends EventTarget {
     this.baseUrl = (options.baseUrl ?? globalThis.location?.origin ?? "").replace(/\/$/, "");
     /** @type {MediaStream | null} */
     this.localStream = options.localStream ?? null;
-    /** @type {RTCConfiguration | null} */
+    /** @type {ServerRtcConfiguration | null} */
     this.rtcConfig = options.rtcConfig ?? null;
     /** @type {ConnectionStatus} */
     this.status = "idle";
@@ -193,6 +205,8 @@ export class SignalingClient extends EventTarget {
     this._pongTimer = undefined;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this._refreshTimer = undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this._iceRefreshTimer = undefined;
     /** @type {{ resolve: (v: SignalingEventMap["open"]) => void, reject: (e: SignalingError) => void } | null} */
     this._joining = null;
     this._onPageHide = () => void this.leave();
@@ -224,8 +238,9 @@ export class SignalingClient extends EventTarget {
       throw new SignalingError("invalid_room", "The room id is not valid.", { closeCode: 4400 });
     }
     this._setStatus("connecting");
+    const fetchesConfig = this.rtcConfig === null;
     try {
-      this.rtcConfig ??= await fetchRtcConfig(this.baseUrl, this.token);
+      if (fetchesConfig) this.rtcConfig = await fetchRtcConfig(this.baseUrl, this.token);
     } catch (error) {
       const failure =
         error instanceof SignalingError
@@ -244,6 +259,7 @@ export class SignalingClient extends EventTarget {
     });
     if (this._options.leaveOnUnload) globalThis.addEventListener?.("pagehide", this._onPageHide);
     this._scheduleRefresh();
+    if (fetchesConfig) this._scheduleIceRefresh();
     this._connect();
     return opened;
   }
@@ -332,7 +348,7 @@ export class SignalingClient extends EventTarget {
         // A refused token ends the session as a 4003 close would; anything
         // else (network, 5xx) is a failed attempt worth retrying.
         const refused = error instanceof SignalingError && error.code === "unauthorized";
-        this._onClose(refused ? 4003 : 1006, String(error?.message ?? error), false);
+        this._onClose(refused ? 4003 : 1006, error instanceof Error ? error.message : String(error), false);
         return;
       }
       if (this.status === "closed") return;
@@ -605,11 +621,48 @@ export class SignalingClient extends EventTarget {
     }, Math.max(0, expiresAt - Date.now() - lead));
   }
 
+  /**
+   * TURN credentials expire (`expiresIn` of the fetched configuration): fetch
+   * fresh ones before then, for every later allocation: peer connections to
+   * peers that join later, ICE restarts that allocate anew (expired
+   * credentials get no relay).
+   * @param {number} [delayMs] default: ahead of the current one's expiry
+   */
+  _scheduleIceRefresh(delayMs) {
+    clearTimeout(this._iceRefreshTimer);
+    const lifetimeMs = (this.rtcConfig?.expiresIn ?? 0) * 1000;
+    if (!(lifetimeMs > 0)) return;
+    const lead = Math.min(ICE_REFRESH_MAX_LEAD_MS, lifetimeMs * ICE_REFRESH_LEAD);
+    const delay = delayMs ?? Math.max(ICE_REFRESH_MIN_DELAY_MS, lifetimeMs - lead);
+    this._iceRefreshTimer = setTimeout(() => void this._refreshIceConfig(), delay);
+  }
+
+  async _refreshIceConfig() {
+    try {
+      const config = await fetchRtcConfig(this.baseUrl, this.token);
+      if (this.status === "closed") return;
+      this.rtcConfig = config;
+      for (const peer of this.peers.values()) peer.setConfiguration(config);
+      this._scheduleIceRefresh();
+    } catch (error) {
+      if (this.status === "closed") return;
+      const message = error instanceof Error ? error.message : String(error);
+      const code = error instanceof SignalingError ? error.code : "http_error";
+      this._emit("error", {
+        error: new SignalingError(code, `Could not refresh the ICE configuration: ${message}`, {
+          fatal: false,
+        }),
+      });
+      this._scheduleIceRefresh(ICE_REFRESH_RETRY_MS);
+    }
+  }
+
   /** @param {SignalingError | null} error */
   _stop(error) {
     this._setStatus("closed");
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._iceRefreshTimer);
     this._stopPing();
     globalThis.removeEventListener?.("pagehide", this._onPageHide);
     const ws = this._ws;
