@@ -66,11 +66,12 @@ class ResumeRefused(Exception):
 
 
 class ResumeBusy(Exception):
-    """Another session still serves the peer (or is handing it over)."""
+    """Another session still serves the peer, or (``handing_over``) its
+    session ended and is moving the peer's unsent frames to the mailbox."""
 
-    def __init__(self, owner: str) -> None:
-        super().__init__(owner)
-        self.owner = owner
+    def __init__(self, *, handing_over: bool) -> None:
+        super().__init__("handing over" if handing_over else "served")
+        self.handing_over = handing_over
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
@@ -81,8 +82,9 @@ class Envelope:
     ``to`` is a peer id, or ``""`` for every peer of the room but those in
     ``exclude`` (comma-separated: the sender, and peers waiting to resume,
     which get the frame in their mailbox instead). ``frame`` is the text
-    frame, serialized once for all receivers. A frame starting with ``!`` is
-    a control instruction for the session serving ``to``, never sent on.
+    frame, serialized once for all receivers, or an encoded
+    :class:`~second_brain_database.webrtc.broker.control.Control` for the
+    session serving ``to``, never sent on.
     """
 
     to: str
@@ -108,12 +110,6 @@ class Envelope:
         if peer_id == exclude:
             return True
         return "," in exclude and peer_id in exclude.split(",")
-
-
-# Control frames (Envelope.frame) for the session serving ``to``.
-KICK = "!kick"
-BARRIER = "!barrier:"  # + owner: all frames published before it have arrived
-REPLACED = "!replaced:"  # + owner of the session taking over
 
 
 Deliver = Callable[[str, Envelope], None]
@@ -278,7 +274,7 @@ class Broker(ABC):
 
     @abstractmethod
     async def kick(self, room_id: str, peer_id: str) -> bool:
-        """Remove a peer: its session is told to close (``KICK``), or, when it
+        """Remove a peer: its session is told to close (``ControlKind.KICK``), or, when it
         is waiting to resume, it is removed at once. False if not a member."""
 
     @abstractmethod

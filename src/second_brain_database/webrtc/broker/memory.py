@@ -14,10 +14,8 @@ from collections import deque
 
 import orjson
 
-from second_brain_database.webrtc import frames
+from second_brain_database.webrtc import server_frames
 from second_brain_database.webrtc.broker.base import (
-    BARRIER,
-    KICK,
     LOCKED,
     MAILBOX_MAX_FRAMES,
     NOT_INVITED,
@@ -34,10 +32,13 @@ from second_brain_database.webrtc.broker.base import (
     SynchronousBroker,
     secret_digest,
 )
+from second_brain_database.webrtc.broker.control import (
+    Control,
+    ControlKind,
+    OwnerState,
+    is_owner_state,
+)
 from second_brain_database.webrtc.schemas import Participant
-
-FLUSHING = "~flushing"
-AWAY = "~away"
 
 
 class _Room:
@@ -52,7 +53,7 @@ class _Room:
         self.expiries: dict[str, asyncio.TimerHandle] = {}
 
     def is_away(self, peer_id: str) -> bool:
-        return self.owners.get(peer_id, "").startswith("~")
+        return is_owner_state(self.owners.get(peer_id, ""))
 
     def mail(self, peer_id: str, frame: str) -> None:
         self.mailboxes.setdefault(peer_id, deque(maxlen=MAILBOX_MAX_FRAMES)).append(frame)
@@ -113,7 +114,7 @@ class MemoryBroker(SynchronousBroker):
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
         room.secrets[member.peer_id] = secret_digest(resume_secret)
-        self._dispatch(room_id, frames.user_joined(member))
+        self._dispatch(room_id, server_frames.user_joined(member))
         return present
 
     async def reregister(
@@ -132,17 +133,19 @@ class MemoryBroker(SynchronousBroker):
         room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
-        self._dispatch(room_id, frames.user_left(member))
+        self._dispatch(room_id, server_frames.user_left(member))
 
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
         room = self._rooms.get(room_id)
         if room is None or room.owners.get(member.peer_id) != owner:
             return False
-        room.owners[member.peer_id] = FLUSHING
+        room.owners[member.peer_id] = OwnerState.FLUSHING
         room.expiries[member.peer_id] = asyncio.get_running_loop().call_later(
             self.resume_ttl, self._expire, room_id, member
         )
-        self._dispatch(room_id, Envelope(member.peer_id, "", BARRIER + owner))
+        self._dispatch(
+            room_id, Envelope(member.peer_id, "", Control(ControlKind.BARRIER, owner).encode())
+        )
         return True
 
     def _expire(self, room_id: str, member: Member) -> None:
@@ -153,14 +156,14 @@ class MemoryBroker(SynchronousBroker):
 
     async def release(self, room_id: str, member: Member, unsent: list[str]) -> None:
         room = self._rooms.get(room_id)
-        if room is None or room.owners.get(member.peer_id) != FLUSHING:
+        if room is None or room.owners.get(member.peer_id) != OwnerState.FLUSHING:
             return
         mailbox = room.mailboxes.setdefault(member.peer_id, deque(maxlen=MAILBOX_MAX_FRAMES))
         # Unsent frames were published before anything in the mailbox.
         mailbox.extendleft(reversed(unsent[-MAILBOX_MAX_FRAMES:]))
         while len(mailbox) > MAILBOX_MAX_FRAMES:
             mailbox.popleft()
-        room.owners[member.peer_id] = AWAY
+        room.owners[member.peer_id] = OwnerState.AWAY
 
     async def resume(
         self,
@@ -180,8 +183,8 @@ class MemoryBroker(SynchronousBroker):
         if member.user_id != user_id:
             raise ResumeRefused(peer_id)
         current = room.owners[peer_id]
-        if current != AWAY and not force:
-            raise ResumeBusy(current)
+        if current != OwnerState.AWAY and not force:
+            raise ResumeBusy(handing_over=is_owner_state(current))
         room.owners[peer_id] = owner
         room.secrets[peer_id] = secret_digest(new_secret)
         expiry = room.expiries.pop(peer_id, None)
@@ -229,7 +232,7 @@ class MemoryBroker(SynchronousBroker):
         if room.is_away(peer_id):
             self._remove(room_id, room, member)
         else:
-            self._dispatch(room_id, Envelope(peer_id, "", KICK))
+            self._dispatch(room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode()))
         return True
 
     def _policy(self, room_id: str) -> RoomPolicy:

@@ -41,11 +41,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from second_brain_database.redis_clients import RedisClients
-from second_brain_database.webrtc import frames
+from second_brain_database.webrtc import server_frames
 from second_brain_database.webrtc.broker import redis_scripts
 from second_brain_database.webrtc.broker.base import (
-    BARRIER,
-    KICK,
     LOCKED,
     MAILBOX_MAX_FRAMES,
     NOT_INVITED,
@@ -63,6 +61,7 @@ from second_brain_database.webrtc.broker.base import (
     RoomPolicy,
     secret_digest,
 )
+from second_brain_database.webrtc.broker.control import Control, ControlKind, is_owner_state
 from second_brain_database.webrtc.broker.redis_listener import PubSubListener
 from second_brain_database.webrtc.broker.redis_pipeline import CommandPipeline
 from second_brain_database.webrtc.schemas import Participant
@@ -276,7 +275,7 @@ class RedisBroker(Broker):
                 owner,
                 capacity,
                 secret_digest(resume_secret),
-                frames.user_joined(member).pack(),
+                server_frames.user_joined(member).pack(),
                 member.user_id,
                 "1" if privileged else "0",
             ],
@@ -341,7 +340,7 @@ class RedisBroker(Broker):
                 owner,
                 0,
                 secret_digest(resume_secret),
-                frames.user_joined(member).pack(),
+                server_frames.user_joined(member).pack(),
             ],
         )
         return bool(added)
@@ -357,7 +356,7 @@ class RedisBroker(Broker):
                 self._publish,
                 member.peer_id,
                 owner,
-                frames.user_left(member).pack(),
+                server_frames.user_left(member).pack(),
                 mailbox_prefix(room_id) + member.peer_id,
             ],
         )
@@ -376,7 +375,7 @@ class RedisBroker(Broker):
                 member.peer_id,
                 owner,
                 int(self.resume_ttl * 1000),
-                Envelope(member.peer_id, "", BARRIER + owner).pack(),
+                Envelope(member.peer_id, "", Control(ControlKind.BARRIER, owner).encode()).pack(),
             ],
         )
         with contextlib.suppress(BrokerUnavailable):
@@ -425,7 +424,7 @@ class RedisBroker(Broker):
         )
         status = result[0]
         if status == -3:
-            raise ResumeBusy(_text(result[1]))
+            raise ResumeBusy(handing_over=is_owner_state(_text(result[1])))
         if status != 1:
             raise ResumeRefused(peer_id)
         participants = _participants(result[1], result[2])
@@ -493,8 +492,8 @@ class RedisBroker(Broker):
             [
                 self._publish,
                 peer_id,
-                frames.user_left(member).pack(),
-                Envelope(peer_id, "", KICK).pack(),
+                server_frames.user_left(member).pack(),
+                Envelope(peer_id, "", Control(ControlKind.KICK).encode()).pack(),
                 mailbox_prefix(room_id) + peer_id,
             ],
         )
@@ -551,7 +550,7 @@ class RedisBroker(Broker):
                         [
                             self._publish,
                             peer_id,
-                            frames.user_left(Member(peer_id, user_id, user_id)).pack(),
+                            server_frames.user_left(Member(peer_id, user_id, user_id)).pack(),
                             mailbox_prefix(room_id) + peer_id,
                         ],
                     )

@@ -1,0 +1,173 @@
+"""The sans-I/O session core (webrtc/session.py), without a server: inputs
+in, typed actions out."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from second_brain_database.auth.tokens import Principal
+from second_brain_database.config import Settings
+from second_brain_database.webrtc.actions import (
+    BarrierPassed,
+    Close,
+    Kick,
+    Publish,
+    Send,
+    SetMedia,
+    VerifyRefresh,
+)
+from second_brain_database.webrtc.broker.base import Member
+from second_brain_database.webrtc.broker.control import Control, ControlKind
+from second_brain_database.webrtc.schemas import CloseCode
+from second_brain_database.webrtc.session import (
+    TOO_BIG,
+    Session,
+    SessionState,
+    read_frame,
+)
+
+MAX = 65536
+
+
+def make_session(role: str | None = None, burst: int = 400, expires_in: float = 3600) -> Session:
+    settings = Settings(jwt_secret="x" * 32, rate_limit_per_s=1, rate_limit_burst=burst)
+    principal = Principal("alice", "Alice", time.time() + expires_in, role=role)
+    session = Session("room", Member("pa", "alice", "Alice"), principal, settings, 0.0)
+    session.welcomed()
+    return session
+
+
+def feed(session: Session, message: dict[str, object] | str | bytes) -> list[object]:
+    data = orjson.dumps(message).decode() if isinstance(message, dict) else message
+    return list(session.receive(read_frame(data, MAX), 1.0))
+
+
+def error_code(action: object) -> str:
+    assert isinstance(action, Send)
+    frame = orjson.loads(action.frame)
+    assert frame["type"] == "error"
+    code: str = frame["payload"]["code"]
+    return code
+
+
+def test_states_from_joining_to_stopped() -> None:
+    settings = Settings(jwt_secret="x" * 32)
+    principal = Principal("alice", "Alice", time.time() + 60)
+    session = Session("room", Member("pa", "alice", "Alice"), principal, settings, 0.0)
+    assert session.state is SessionState.JOINING
+    session.welcomed()
+    assert session.state is SessionState.LIVE
+    first = session.finish(CloseCode.NORMAL, "left")
+    assert session.state is SessionState.ENDING
+    assert session.finish(CloseCode.GOING_AWAY, "").code == CloseCode.NORMAL  # first wins
+    assert first.reason == "left"
+    assert session.stop() is True
+    assert session.stop() is False
+    assert session.state is SessionState.STOPPED
+
+
+def test_offer_becomes_a_publish_stamped_with_the_sender() -> None:
+    offer = {"type": "offer", "to": "pb", "id": "m1", "from": "forged",
+             "payload": {"type": "offer", "sdp": "v=0"}}  # fmt: skip
+    [action] = feed(make_session(), offer)
+    assert isinstance(action, Publish)
+    assert action.ref == "m1"
+    assert action.envelope.to == "pb"
+    assert action.envelope.exclude == "pa"
+    frame = orjson.loads(action.envelope.frame)
+    assert (frame["from"], frame["from_user"], frame["to"]) == ("pa", "alice", "pb")
+
+
+def test_ping_is_answered_and_leave_closes_normally() -> None:
+    session = make_session()
+    [pong] = feed(session, {"type": "ping"})
+    assert isinstance(pong, Send) and orjson.loads(pong.frame) == {"type": "pong"}
+    [close] = feed(session, {"type": "leave"})
+    assert close == Close(CloseCode.NORMAL, "left")
+    assert session.state is SessionState.ENDING
+
+
+def test_errors_do_not_end_the_session() -> None:
+    session = make_session()
+    assert error_code(feed(session, b"\x00binary")[0]) == "invalid_message"
+    assert error_code(feed(session, "{not json")[0]) == "invalid_message"
+    to_self = {"type": "app", "to": "pa", "payload": {}}
+    assert error_code(feed(session, to_self)[0]) == "invalid_message"
+    assert session.end is None
+
+
+def test_too_big_closes_with_1009() -> None:
+    session = make_session()
+    assert read_frame("x" * (MAX + 1), MAX) is TOO_BIG
+    assert session.receive(TOO_BIG, 1.0) == [Close(CloseCode.MESSAGE_TOO_BIG, "frame too large")]
+
+
+def test_rate_limit_answers_then_closes() -> None:
+    session = make_session(burst=1)
+    assert isinstance(feed(session, {"type": "ping"})[0], Send)
+    codes = [feed(session, {"type": "ping"})[0] for _ in range(25)]
+    assert error_code(codes[0]) == "rate_limited"
+    assert Close(CloseCode.RATE_LIMITED, "rate limit exceeded") in codes
+
+
+def test_media_refresh_and_kick_ask_for_waiting_actions() -> None:
+    host = make_session(role="host")
+    media = {"type": "media-state", "payload": {"audio": True, "video": False, "screen": False}}
+    assert isinstance(feed(host, media)[0], SetMedia)
+    refresh = {"type": "refresh", "id": "r", "payload": {"token": "t"}}
+    assert feed(host, refresh) == [VerifyRefresh("t", "r")]
+    assert feed(host, {"type": "kick", "payload": {"peer_id": "pb"}}) == [Kick("pb", None)]
+    assert error_code(feed(host, {"type": "kick", "payload": {"peer_id": "pa"}})[0]) == (
+        "unknown_peer"
+    )
+    guest = make_session()
+    assert error_code(feed(guest, {"type": "kick", "payload": {"peer_id": "pb"}})[0]) == (
+        "forbidden"
+    )
+
+
+def test_refresh_outcomes() -> None:
+    session = make_session()
+    assert error_code(session.refreshed(None, "expired", "r")[0]) == "forbidden"
+    other = Principal("mallory", "M", time.time() + 60)
+    assert error_code(session.refreshed(other, "", "r")[0]) == "forbidden"
+    fresh = Principal("alice", "Alice", time.time() + 7200)
+    assert session.refreshed(fresh, "", "r") == []
+    assert session.principal is fresh
+
+
+def test_controls() -> None:
+    session = make_session()
+    mine = Control(ControlKind.BARRIER, session.owner)
+    assert session.control(Control(ControlKind.BARRIER, "other")) == []
+    assert session.control(Control(ControlKind.REPLACED, session.owner)) == []
+    replaced = session.control(Control(ControlKind.REPLACED, "newer"))
+    assert replaced == [Close(CloseCode.SESSION_REPLACED, "session resumed on another connection")]
+    assert session.control(Control(ControlKind.KICK)) == []  # already ending
+    assert session.control(mine) == [BarrierPassed()]  # a barrier still counts after the end
+    kicked = make_session()
+    assert kicked.control(Control(ControlKind.KICK))[0] == Close(
+        CloseCode.UNAUTHORIZED, "removed from the room by a host"
+    )
+
+
+@pytest.mark.parametrize("control", [Control(ControlKind.KICK), Control(ControlKind.BARRIER, "o1"),
+                                     Control(ControlKind.REPLACED, "o2")])  # fmt: skip
+def test_control_encoding_round_trips(control: Control) -> None:
+    assert Control.decode(control.encode()) == control
+    assert Control.decode('{"type":"offer"}') is None
+
+
+def test_timer_closes_on_expiry_and_idleness() -> None:
+    expiring = make_session(expires_in=-1)
+    assert expiring.timer_fired(0.0, time.time()) == [
+        Close(CloseCode.UNAUTHORIZED, "token expired")
+    ]
+    idle = make_session()
+    assert idle.timer_fired(1.0, time.time()) == []
+    assert idle.next_check_in(1.0, time.time()) == pytest.approx(idle.idle_timeout - 1.0)
+    [close] = idle.timer_fired(idle.idle_timeout + 1, time.time())
+    assert isinstance(close, Close) and close.code == CloseCode.IDLE
