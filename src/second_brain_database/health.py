@@ -31,8 +31,8 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(service: Service, response: Response) -> dict[str, str]:
-    """200 when this instance can serve: not draining, broker reachable."""
-    if service.draining or not await service.broker.ready():
+    """200 when this instance can serve: not draining, pub/sub and room store reachable."""
+    if not await service.ready():
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "unavailable"}
     return {"status": "ok"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from second_brain_database.webrtc.broker.base import Envelope
+from second_brain_database.webrtc.broker.model import Envelope
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """The admin API: rooms and peers across every instance, for operators.
 
 Every endpoint needs a bearer token with the claim ``"role": "admin"``
-(``sbd token NAME --role admin``). Room listing pages through the broker
+(``sbd token NAME --role admin``). Room listing pages through the room store
 with SCAN (never KEYS), so it is safe on a busy Redis. Kicks and notices are
 published to the room like any message, so they reach the instance holding
 each peer. Each action is written to the ``second_brain_database.audit``
@@ -105,7 +105,7 @@ async def list_rooms(
     time. Follow ``next_cursor`` until it is null; like Redis SCAN, a page may
     hold more or fewer than ``limit`` rooms, and a room that exists for the
     whole walk is listed at least once."""
-    rooms, next_cursor = await service.broker.list_rooms(cursor, limit)
+    rooms, next_cursor = await service.rooms.list_rooms(cursor, limit)
     return RoomPage(
         rooms=[RoomSummary(room_id=room, participants=count) for room, count in rooms],
         next_cursor=None if next_cursor == "0" else next_cursor,
@@ -162,7 +162,7 @@ async def send_notice(
     ``{"type": "notice", "payload": {"message": "...", "level": "info"}}``)."""
     participants = await _participants(service, room_id)
     frame = encode(NoticeMessage(payload=NoticePayload(message=body.message, level=body.level)))
-    await service.broker.publish(room_id, Envelope("", "", frame.decode()))
+    await service.rooms.relay(room_id, Envelope("", "", frame.decode()))
     _audit(admin, "notice", room_id, outcome="done", level=body.level, chars=len(body.message))
     return NoticeSent(room_id=room_id, participants=len(participants))
 
@@ -171,7 +171,7 @@ async def send_notice(
 
 
 async def _participants(service: Service, room_id: str) -> list[Participant]:
-    participants = await service.broker.participants(room_id)
+    participants = await service.rooms.participants(room_id)
     if not participants:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no room {room_id} (it has no peers)")
     return participants
@@ -180,7 +180,7 @@ async def _participants(service: Service, room_id: str) -> list[Participant]:
 async def _kick(service: Service, room_id: str, peer_id: str) -> bool:
     # What a host's in-room kick does: the instance serving the peer closes it
     # with 4003 (a peer waiting to resume is removed at once); user-left follows.
-    return await service.broker.kick(room_id, peer_id)
+    return await service.rooms.kick(room_id, peer_id)
 
 
 def _audit(admin: Principal, action: str, room_id: str, **fields: object) -> None:

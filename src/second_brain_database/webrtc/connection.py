@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.broker.base import MAILBOX_MAX_FRAMES
 from second_brain_database.webrtc.broker.control import is_control
+from second_brain_database.webrtc.broker.model import MAILBOX_MAX_FRAMES
 from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import Session, SessionState
 from second_brain_database.webrtc.transport import CLOSE_TIMEOUT_S, SignalingSocket

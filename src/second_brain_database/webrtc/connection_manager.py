@@ -1,15 +1,15 @@
 """Signaling sessions of this process: the driver of the sans-I/O core.
 
 The manager owns this process's local connections, grouped by room, and runs
-each one: join or resume through the broker, then every client frame through
+each one: join or resume through the room store, then every client frame through
 the one decision function (``Session.receive``, webrtc/session.py) and its
-actions. With the embedded broker, relays and pings are handled in the
+actions. With the embedded store, relays and pings are handled in the
 socket's read callback (``_on_arrival``: no action waits there); every other
 frame, and every frame on Redis, in the session's reader task (``_read_forever``),
 with the same function and the same checks.
 
 A session that ends without ``leave`` hands its peer over for resume: it
-marks the peer away, waits for the broker's barrier (every frame published
+marks the peer away, waits for the barrier (every frame published
 before it has arrived here), and moves the frames it never sent to the head
 of the peer's mailbox. docs/reliability.md describes the guarantees.
 """
@@ -39,7 +39,6 @@ from second_brain_database.webrtc.actions import (
     VerifyRefresh,
 )
 from second_brain_database.webrtc.broker import (
-    Broker,
     BrokerUnavailable,
     Envelope,
     JoinRefused,
@@ -49,8 +48,9 @@ from second_brain_database.webrtc.broker import (
     ResumeRefused,
     RoomFull,
 )
-from second_brain_database.webrtc.broker.base import SynchronousBroker
 from second_brain_database.webrtc.broker.control import Control, ControlKind
+from second_brain_database.webrtc.broker.pubsub import PubSub
+from second_brain_database.webrtc.broker.room_store import RoomStore, SynchronousRoomStore
 from second_brain_database.webrtc.connection import Connection
 from second_brain_database.webrtc.schemas import CloseCode, ErrorCode, ProtocolError
 from second_brain_database.webrtc.session import (
@@ -82,26 +82,28 @@ _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 
 
 class ConnectionManager:
-    def __init__(self, broker: Broker, tokens: TokenService, settings: Settings) -> None:
-        self.broker = broker
+    def __init__(
+        self, pubsub: PubSub, rooms: RoomStore, tokens: TokenService, settings: Settings
+    ) -> None:
+        self.pubsub = pubsub
+        self.rooms = rooms
         self.tokens = tokens
         self.settings = settings
-        self._rooms: dict[str, dict[str, Connection]] = {}
+        self._local: dict[str, dict[str, Connection]] = {}
         # Relay latency is a cross-instance figure: in-process delivery (the
-        # embedded broker) would only add zeros, at a histogram lock a message.
-        self._synchronous_broker = broker if isinstance(broker, SynchronousBroker) else None
-        self._measure_relay = self._synchronous_broker is None
-        broker.set_delivery(self.deliver)
-        broker.set_resync(self.resync)
+        # embedded store) would only add zeros, at a histogram lock a message.
+        self._synchronous_store = rooms if isinstance(rooms, SynchronousRoomStore) else None
+        self._measure_relay = self._synchronous_store is None
+        pubsub.set_listener(self.deliver, self.resync)
 
     @property
     def session_count(self) -> int:
-        return sum(len(peers) for peers in self._rooms.values())
+        return sum(len(peers) for peers in self._local.values())
 
-    # --- fan-out (called by the broker for every envelope of a local room) --
+    # --- fan-out (the pub/sub listener: called for every envelope of a local room) --
 
     def deliver(self, room_id: str, envelope: Envelope) -> None:
-        local = self._rooms.get(room_id)
+        local = self._local.get(room_id)
         if not local:
             return
         if envelope.sent_at and self._measure_relay:
@@ -143,8 +145,8 @@ class ConnectionManager:
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(room_id, member, principal, self.settings, time.monotonic())
         connection = Connection(socket, session)
-        self._rooms.setdefault(room_id, {})[peer_id] = connection
-        metrics.LOCAL_ROOMS.set(len(self._rooms))
+        self._local.setdefault(room_id, {})[peer_id] = connection
+        metrics.LOCAL_ROOMS.set(len(self._local))
         try:
             await self._serve(connection, old_secret)
         except RoomFull:
@@ -176,14 +178,14 @@ class ConnectionManager:
         session = connection.session
         room_id = session.room_id
         try:
-            await self.broker.subscribe(room_id)
+            await self.pubsub.subscribe(room_id)
         except BrokerUnavailable:
             self._forget(connection)
             raise
         joined = False
         try:
             if old_secret is None:
-                participants = await self.broker.join(
+                participants = await self.rooms.join(
                     room_id,
                     session.member,
                     session.owner,
@@ -203,18 +205,18 @@ class ConnectionManager:
                 mailbox,
             )
             del participants, mailbox  # held by this frame for the whole session otherwise
-            if self._synchronous_broker is not None:
+            if self._synchronous_store is not None:
                 connection.socket.handle_on_arrival(functools.partial(self._on_arrival, connection))
             await self._read_forever(connection)
         finally:
             if joined:
                 await self._depart(connection)
             self._forget(connection)
-            await self.broker.unsubscribe(room_id)
+            await self.pubsub.unsubscribe(room_id)
 
     async def _hand_over_local(self, room_id: str, peer_id: str) -> None:
         """A resume of a peer this process still serves: end that session first."""
-        previous = self._rooms.get(room_id, {}).get(peer_id)
+        previous = self._local.get(room_id, {}).get(peer_id)
         if previous is None:
             return
         previous.abort(CloseCode.SESSION_REPLACED, "session resumed on another connection")
@@ -228,7 +230,7 @@ class ConnectionManager:
         asked = False
         for _ in range(1000):
             try:
-                return await self.broker.resume(
+                return await self.rooms.resume(
                     session.room_id,
                     session.peer_id,
                     session.member.user_id,
@@ -240,9 +242,7 @@ class ConnectionManager:
             except ResumeBusy as busy:
                 if not asked and not busy.handing_over:
                     replaced = Control(ControlKind.REPLACED, session.owner).encode()
-                    await self.broker.publish(
-                        session.room_id, Envelope(session.peer_id, "", replaced)
-                    )
+                    await self.rooms.relay(session.room_id, Envelope(session.peer_id, "", replaced))
                     asked = True
             await asyncio.sleep(0.02)
         raise BrokerUnavailable("resume handover did not converge")
@@ -253,26 +253,26 @@ class ConnectionManager:
         end = session.finish(CloseCode.GOING_AWAY, "")
         await connection.stop_writing()
         try:
-            if end.code in FINAL_CLOSES or self.broker.resume_ttl <= 0:
-                await self.broker.leave(session.room_id, session.member, session.owner)
+            if end.code in FINAL_CLOSES or self.rooms.resume_ttl <= 0:
+                await self.rooms.leave(session.room_id, session.member, session.owner)
                 return
-            if not await self.broker.away(session.room_id, session.member, session.owner):
+            if not await self.rooms.away(session.room_id, session.member, session.owner):
                 return  # another session serves the peer now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(connection.barrier.wait(), BARRIER_TIMEOUT_S)
-            await self.broker.release(session.room_id, session.member, connection.unsent())
+            await self.rooms.release(session.room_id, session.member, connection.unsent())
         except BrokerUnavailable as exc:
             metrics.BROKER_ERRORS.inc()
             logger.warning("could not hand over peer %s: %s", session.peer_id, exc)
 
     def _forget(self, connection: Connection) -> None:
         session = connection.session
-        local = self._rooms.get(session.room_id)
+        local = self._local.get(session.room_id)
         if local is not None and local.get(session.peer_id) is connection:
             del local[session.peer_id]
             if not local:
-                del self._rooms[session.room_id]
-        metrics.LOCAL_ROOMS.set(len(self._rooms))
+                del self._local[session.room_id]
+        metrics.LOCAL_ROOMS.set(len(self._local))
 
     # --- client frames: one decision function, two ways to run its actions --
 
@@ -339,9 +339,9 @@ class ConnectionManager:
         with a synchronous broker)."""
         for action in actions:
             if type(action) is Publish:
-                broker = self._synchronous_broker
-                assert broker is not None
-                if not broker.publish_now(connection.session.room_id, action.envelope):
+                store = self._synchronous_store
+                assert store is not None
+                if not store.relay_now(connection.session.room_id, action.envelope):
                     connection.enqueue(unknown_peer(action.envelope.to, action.ref).frame)
             elif type(action) is Send:
                 connection.enqueue(action.frame)
@@ -355,7 +355,7 @@ class ConnectionManager:
         session = connection.session
         for action in actions:
             if isinstance(action, Publish):
-                if not await self.broker.publish(session.room_id, action.envelope):
+                if not await self.rooms.relay(session.room_id, action.envelope):
                     connection.enqueue(unknown_peer(action.envelope.to, action.ref).frame)
             elif isinstance(action, Close):
                 assert session.end is not None
@@ -368,9 +368,9 @@ class ConnectionManager:
     async def _run_waiting(self, connection: Connection, action: Action) -> None:
         session = connection.session
         if isinstance(action, SetMedia):
-            await self.broker.set_media(session.room_id, action.media, action.envelope)
+            await self.rooms.set_media(session.room_id, action.media, action.envelope)
         elif isinstance(action, Kick):
-            if not await self.broker.kick(session.room_id, action.peer_id):
+            if not await self.rooms.kick(session.room_id, action.peer_id):
                 connection.enqueue(unknown_peer(action.peer_id, action.ref).frame)
         elif isinstance(action, VerifyRefresh):
             try:
@@ -384,11 +384,11 @@ class ConnectionManager:
     async def resync(self) -> None:
         """Re-register every live local peer (Redis may have lost them)."""
         restored = 0
-        for local in list(self._rooms.values()):
+        for local in list(self._local.values()):
             for connection in list(local.values()):
                 session = connection.session
                 if session.state is SessionState.LIVE:
-                    restored += await self.broker.reregister(
+                    restored += await self.rooms.reregister(
                         session.room_id, session.member, session.owner, session.resume_secret
                     )
         if restored:
@@ -396,7 +396,7 @@ class ConnectionManager:
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every local session (shutdown)."""
-        connections = [c for local in self._rooms.values() for c in local.values()]
+        connections = [c for local in self._local.values() for c in local.values()]
         for connection in connections:
             connection.abort(code, reason)
         for connection in connections:

@@ -105,7 +105,7 @@ async def room_participants(
 ) -> ParticipantsResponse:
     """Who is in the room now; an unknown room is an empty list."""
     async with backend_errors_as_503():
-        participants = await service.broker.participants(room_id)
+        participants = await service.rooms.participants(room_id)
     return ParticipantsResponse(room_id=room_id, participants=participants)
 
 
@@ -148,7 +148,7 @@ async def set_room_policy(
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only a host may restrict a room")
     try:
         async with backend_errors_as_503():
-            policy = await service.broker.set_policy(
+            policy = await service.rooms.set_policy(
                 room_id,
                 user.user_id,
                 locked=update.locked,
@@ -168,5 +168,5 @@ async def get_room_policy(
     _user: Annotated[Principal, Depends(require_room_access)],
 ) -> RoomPolicyResponse:
     async with backend_errors_as_503():
-        policy = await service.broker.get_policy(room_id)
+        policy = await service.rooms.get_policy(room_id)
     return _policy_response(room_id, policy)

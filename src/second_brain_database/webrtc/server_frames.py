@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from second_brain_database.webrtc.broker.base import Envelope, Member
+from second_brain_database.webrtc.broker.model import Envelope, Member
 from second_brain_database.webrtc.schemas import (
     Participant,
     UserJoinedMessage,

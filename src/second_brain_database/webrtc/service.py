@@ -1,4 +1,4 @@
-"""The signaling service's runtime: settings, tokens, broker and sessions.
+"""The signaling service's runtime: settings, tokens, pub/sub, room store and sessions.
 
 ``signaling_lifespan`` starts and stops it; a host application that mounts
 the webrtc router into its own FastAPI app uses it as (or inside) its own
@@ -21,7 +21,7 @@ from second_brain_database.config import Settings, get_settings
 from second_brain_database.limits.admission import Admission
 from second_brain_database.redis_clients import RedisClients, connect_redis
 from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.broker import Broker, create_broker
+from second_brain_database.webrtc.broker import PubSub, RoomStore, create_backends
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
 
@@ -33,7 +33,8 @@ class SignalingService:
     settings: Settings
     auth: AuthService
     redis: RedisClients | None
-    broker: Broker
+    pubsub: PubSub
+    rooms: RoomStore
     manager: ConnectionManager
     admission: Admission
     draining: bool = False
@@ -43,33 +44,43 @@ class SignalingService:
     def build(cls, settings: Settings, redis: RedisClients | None) -> SignalingService:
         """Everything runs on ``redis`` (from :func:`connect_redis`) where there is one."""
         auth = AuthService.build(settings, redis)
-        broker = create_broker(settings, redis)
+        pubsub, rooms = create_backends(settings, redis)
         return cls(
             settings=settings,
             auth=auth,
             redis=redis,
-            broker=broker,
-            manager=ConnectionManager(broker, auth.tokens, settings),
+            pubsub=pubsub,
+            rooms=rooms,
+            manager=ConnectionManager(pubsub, rooms, auth.tokens, settings),
             admission=Admission.build(settings, redis),
         )
 
     async def start(self) -> None:
-        await self.broker.connect()
+        await self.rooms.connect()
+        await self.pubsub.connect()
         await self.auth.start()
         await self.admission.start()
         self._metrics_flusher = asyncio.create_task(
             metrics.flush_periodically(), name="sbd-metrics-flush"
         )
         logger.info(
-            "signaling service started (instance %s, broker %s)",
+            "signaling service started (instance %s, %s, %s)",
             self.settings.instance_id,
-            type(self.broker).__name__,
+            type(self.pubsub).__name__,
+            type(self.rooms).__name__,
         )
+
+    async def ready(self) -> bool:
+        """Whether this instance can serve: not draining, backends reachable."""
+        if self.draining:
+            return False
+        return await self.pubsub.ready() and await self.rooms.ready()
 
     async def stop(self) -> None:
         self.draining = True
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        await self.broker.disconnect()
+        await self.pubsub.disconnect()
+        await self.rooms.disconnect()
         await self.admission.aclose()
         await self.auth.aclose()
         if self.redis is not None:

@@ -30,8 +30,8 @@ from second_brain_database.webrtc.actions import (
     SetMedia,
     VerifyRefresh,
 )
-from second_brain_database.webrtc.broker.base import Member
 from second_brain_database.webrtc.broker.control import Control, ControlKind
+from second_brain_database.webrtc.broker.model import Member
 from second_brain_database.webrtc.schemas import (
     PONG_FRAME,
     AnswerMessage,

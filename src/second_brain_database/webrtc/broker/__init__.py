@@ -1,15 +1,18 @@
-"""Brokers: where room state lives and how envelopes reach every instance.
+"""Brokers: how envelopes reach every instance (:class:`PubSub`) and where
+room state lives (:class:`RoomStore`).
 
-Without Redis, the embedded :class:`MemoryBroker`; with Redis (a URL or
-Sentinels, see :mod:`second_brain_database.redis_clients`), :class:`RedisBroker`.
+Without Redis, the embedded :class:`MemoryPubSub` and :class:`MemoryRoomStore`;
+with Redis (a URL or Sentinels, see :mod:`second_brain_database.redis_clients`),
+:class:`RedisPubSub` and :class:`RedisRoomStore`.
 """
 
 from __future__ import annotations
 
 from second_brain_database.config import Settings
 from second_brain_database.redis_clients import RedisClients
-from second_brain_database.webrtc.broker.base import (
-    Broker,
+from second_brain_database.webrtc.broker.memory_pubsub import MemoryPubSub
+from second_brain_database.webrtc.broker.memory_rooms import MemoryRoomStore
+from second_brain_database.webrtc.broker.model import (
     BrokerUnavailable,
     Envelope,
     JoinRefused,
@@ -21,33 +24,40 @@ from second_brain_database.webrtc.broker.base import (
     RoomFull,
     RoomPolicy,
 )
-from second_brain_database.webrtc.broker.memory import MemoryBroker
-from second_brain_database.webrtc.broker.redis import RedisBroker
+from second_brain_database.webrtc.broker.pubsub import PubSub
+from second_brain_database.webrtc.broker.redis_pubsub import RedisPubSub
+from second_brain_database.webrtc.broker.redis_rooms import RedisRoomStore
+from second_brain_database.webrtc.broker.room_store import RoomStore
 
 __all__ = [
-    "Broker",
     "BrokerUnavailable",
     "Envelope",
     "JoinRefused",
     "Member",
-    "MemoryBroker",
+    "MemoryPubSub",
+    "MemoryRoomStore",
     "PolicyForbidden",
-    "RedisBroker",
+    "PubSub",
+    "RedisPubSub",
+    "RedisRoomStore",
     "ResumeBusy",
     "ResumeRefused",
     "Resumed",
     "RoomFull",
     "RoomPolicy",
-    "create_broker",
+    "RoomStore",
+    "create_backends",
 ]
 
 
-def create_broker(settings: Settings, redis: RedisClients | None) -> Broker:
+def create_backends(settings: Settings, redis: RedisClients | None) -> tuple[PubSub, RoomStore]:
     if redis is None:
-        return MemoryBroker(resume_ttl=settings.resume_ttl)
-    return RedisBroker(
+        pubsub = MemoryPubSub()
+        return pubsub, MemoryRoomStore(pubsub, resume_ttl=settings.resume_ttl)
+    store = RedisRoomStore(
         redis,
         instance_id=settings.instance_id,
         presence_ttl=settings.presence_ttl,
         resume_ttl=settings.resume_ttl,
     )
+    return RedisPubSub(redis), store

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc import metrics
-from second_brain_database.webrtc.broker.base import BrokerUnavailable
+from second_brain_database.webrtc.broker.model import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

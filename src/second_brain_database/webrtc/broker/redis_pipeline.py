@@ -21,7 +21,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from second_brain_database.redis_clients import COMMAND_TIMEOUT_S, RedisClients
-from second_brain_database.webrtc.broker.base import BrokerUnavailable
+from second_brain_database.webrtc.broker.model import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ two markers while it has no connection (see docs/reliability.md):
   frames it had not sent into the mailbox. Resuming waits for it.
 - ``~away``: waiting to resume; messages to it are appended to its mailbox.
 
-Room keys, in the order the scripts take them (``room_keys``)::
+Room keys, in the order the scripts take them (``RoomKeys.state``)::
 
     KEYS[1] members  hash peer -> member JSON
     KEYS[2] owners   hash peer -> session id | ~flushing | ~away

@@ -1,9 +1,9 @@
-"""The embedded broker: room state in this process, delivery by direct call.
+"""The embedded room store: room state in this process, delivery through
+:class:`MemoryPubSub` by direct call.
 
 Used when ``SBD_REDIS_URL`` is unset, so a single instance needs nothing
-else. Its semantics match the Redis broker's (see redis_scripts.py for the
-states a peer goes through), which the shared test suite checks by running
-the same contract tests against both.
+else. Its transitions are the table in docs/architecture.md, which
+tests/test_room_store.py runs against this store and the Redis one alike.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from collections import deque
 import orjson
 
 from second_brain_database.webrtc import server_frames
-from second_brain_database.webrtc.broker.base import (
+from second_brain_database.webrtc.broker.control import (
+    Control,
+    ControlKind,
+    OwnerState,
+    is_owner_state,
+)
+from second_brain_database.webrtc.broker.memory_pubsub import MemoryPubSub
+from second_brain_database.webrtc.broker.model import (
     LOCKED,
     MAILBOX_MAX_FRAMES,
     NOT_INVITED,
@@ -29,15 +36,9 @@ from second_brain_database.webrtc.broker.base import (
     ResumeRefused,
     RoomFull,
     RoomPolicy,
-    SynchronousBroker,
     secret_digest,
 )
-from second_brain_database.webrtc.broker.control import (
-    Control,
-    ControlKind,
-    OwnerState,
-    is_owner_state,
-)
+from second_brain_database.webrtc.broker.room_store import SynchronousRoomStore
 from second_brain_database.webrtc.schemas import Participant
 
 
@@ -66,9 +67,10 @@ class _Room:
             expiry.cancel()
 
 
-class MemoryBroker(SynchronousBroker):
-    def __init__(self, *, resume_ttl: float) -> None:
+class MemoryRoomStore(SynchronousRoomStore):
+    def __init__(self, pubsub: MemoryPubSub, *, resume_ttl: float) -> None:
         super().__init__(resume_ttl=resume_ttl)
+        self._pubsub = pubsub
         self._rooms: dict[str, _Room] = {}
         self._policies: dict[str, tuple[RoomPolicy, float]] = {}
 
@@ -83,13 +85,6 @@ class MemoryBroker(SynchronousBroker):
 
     async def ready(self) -> bool:
         return True
-
-    async def subscribe(self, room_id: str) -> None:
-        # Every room of this process is local: delivery needs no subscription.
-        return None
-
-    async def unsubscribe(self, room_id: str) -> None:
-        return None
 
     async def join(
         self,
@@ -114,7 +109,7 @@ class MemoryBroker(SynchronousBroker):
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
         room.secrets[member.peer_id] = secret_digest(resume_secret)
-        self._dispatch(room_id, server_frames.user_joined(member))
+        self._pubsub.publish_now(room_id, server_frames.user_joined(member))
         return present
 
     async def reregister(
@@ -133,7 +128,7 @@ class MemoryBroker(SynchronousBroker):
         room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
-        self._dispatch(room_id, server_frames.user_left(member))
+        self._pubsub.publish_now(room_id, server_frames.user_left(member))
 
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
         room = self._rooms.get(room_id)
@@ -143,7 +138,7 @@ class MemoryBroker(SynchronousBroker):
         room.expiries[member.peer_id] = asyncio.get_running_loop().call_later(
             self.resume_ttl, self._expire, room_id, member
         )
-        self._dispatch(
+        self._pubsub.publish_now(
             room_id, Envelope(member.peer_id, "", Control(ControlKind.BARRIER, owner).encode())
         )
         return True
@@ -193,10 +188,10 @@ class MemoryBroker(SynchronousBroker):
         mailbox = list(room.mailboxes.pop(peer_id, ()))
         return Resumed(self._participants(room), mailbox)
 
-    async def publish(self, room_id: str, envelope: Envelope) -> bool:
-        return self.publish_now(room_id, envelope)
+    async def relay(self, room_id: str, envelope: Envelope) -> bool:
+        return self.relay_now(room_id, envelope)
 
-    def publish_now(self, room_id: str, envelope: Envelope) -> bool:
+    def relay_now(self, room_id: str, envelope: Envelope) -> bool:
         room = self._rooms.get(room_id)
         if envelope.to:
             if room is None or envelope.to not in room.owners:
@@ -206,7 +201,7 @@ class MemoryBroker(SynchronousBroker):
                 return True
         elif room is not None:
             envelope = self._mail_away(room, envelope)
-        self._dispatch(room_id, envelope)
+        self._pubsub.publish_now(room_id, envelope)
         return True
 
     @staticmethod
@@ -222,7 +217,7 @@ class MemoryBroker(SynchronousBroker):
         room = self._rooms.get(room_id)
         if room is not None and envelope.exclude in room.members:
             room.media[envelope.exclude] = orjson.loads(media)
-        await self.publish(room_id, envelope)
+        self.relay_now(room_id, envelope)
 
     async def kick(self, room_id: str, peer_id: str) -> bool:
         room = self._rooms.get(room_id)
@@ -232,7 +227,9 @@ class MemoryBroker(SynchronousBroker):
         if room.is_away(peer_id):
             self._remove(room_id, room, member)
         else:
-            self._dispatch(room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode()))
+            self._pubsub.publish_now(
+                room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode())
+            )
         return True
 
     def _policy(self, room_id: str) -> RoomPolicy:

@@ -1,0 +1,69 @@
+"""Redis key names, by name. Every key of a room carries its hash tag
+``{room}``, so a room's scripts run on one Cluster shard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INSTANCES_KEY = "sbd:instances"
+AWAY_INDEX_KEY = "sbd:away"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomKeys:
+    """The keys of one room (redis_scripts.py describes each)."""
+
+    members: str
+    owners: str
+    media: str
+    resume: str
+    away: str
+    channel: str
+    policy: str
+    invited: str
+    mailbox_prefix: str
+
+    @classmethod
+    def of(cls, room_id: str) -> RoomKeys:
+        prefix = f"sbd:room:{{{room_id}}}"
+        return cls(
+            members=f"{prefix}:members",
+            owners=f"{prefix}:owners",
+            media=f"{prefix}:media",
+            resume=f"{prefix}:resume",
+            away=f"{prefix}:away",
+            channel=f"{prefix}:ch",
+            policy=f"{prefix}:policy",
+            invited=f"{prefix}:invited",
+            mailbox_prefix=f"{prefix}:mbox:",
+        )
+
+    @property
+    def state(self) -> list[str]:
+        """KEYS[1..8] of the room scripts, in their order."""
+        return [
+            self.members,
+            self.owners,
+            self.media,
+            self.resume,
+            self.away,
+            self.channel,
+            self.policy,
+            self.invited,
+        ]
+
+    def mailbox(self, peer_id: str) -> str:
+        return self.mailbox_prefix + peer_id
+
+
+def room_of_key(key: str) -> str:
+    """The room id in a room key or channel name (its hash tag)."""
+    return key[key.index("{") + 1 : key.rindex("}")]
+
+
+def instance_peers_key(instance_id: str) -> str:
+    return f"sbd:instance:{{{instance_id}}}:peers"
+
+
+def reap_claim_key(instance_id: str) -> str:
+    return f"sbd:reap:{instance_id}"

@@ -1,0 +1,250 @@
+"""The room state machine, row by row, against both room stores.
+
+Each row of ``TRANSITIONS`` is a row of the table in docs/architecture.md
+("The room state machine"): from a peer state, one event, its outcome, the
+state after. Every row runs against the embedded store and the Redis one
+(its Lua scripts, on the suite's real redis-server), so they cannot drift.
+States are observed through the stores' own operations, never their keys:
+
+- absent: not among the participants;
+- served: a participant whose resume is refused as busy (not handing over);
+- flushing: a participant whose resume is refused as busy, handing over;
+- away: a participant that a resume with its secret takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from second_brain_database.config import Settings
+from second_brain_database.redis_clients import RedisClients, connect_redis
+from second_brain_database.webrtc.broker import (
+    Envelope,
+    Member,
+    PubSub,
+    ResumeBusy,
+    ResumeRefused,
+    RoomFull,
+    RoomStore,
+    create_backends,
+)
+from second_brain_database.webrtc.broker.control import Control, ControlKind
+from tests.servers import RedisServer
+
+PEER = Member("peer", "alice", "Alice")
+OTHER = Member("other", "bob", "Bob")
+SECRET, NEW_SECRET = "secret-1", "secret-2"
+O1, O2 = "owner-1", "owner-2"
+
+
+@dataclass
+class Room:
+    pubsub: PubSub
+    store: RoomStore
+    room_id: str
+    heard: list[Envelope]
+
+    async def published(self, predicate: Callable[[Envelope], bool], within: float = 1.0) -> bool:
+        """Whether an envelope matching ``predicate`` arrives ``within`` seconds."""
+        for _ in range(int(within * 100)):
+            if any(predicate(envelope) for envelope in self.heard):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def state(self) -> str:
+        present = [p.peer_id for p in await self.store.participants(self.room_id)]
+        if PEER.peer_id not in present:
+            return "absent"
+        for secret in (SECRET, NEW_SECRET):  # a resume replaces the secret
+            try:
+                await self.store.resume(
+                    self.room_id, PEER.peer_id, PEER.user_id, secret, "probe", "x"
+                )
+            except ResumeBusy as busy:
+                return "flushing" if busy.handing_over else "served"
+            except ResumeRefused:
+                continue
+            return "away"
+        return "refused"
+
+
+def frame_type(envelope: Envelope) -> str | None:
+    if Control.decode(envelope.frame) is not None:
+        return None
+    kind: str = orjson.loads(envelope.frame)["type"]
+    return kind
+
+
+@pytest.fixture
+def resume_ttl() -> float:
+    return 30.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def room(request: pytest.FixtureRequest, resume_ttl: float) -> AsyncIterator[Room]:
+    settings = Settings(jwt_secret="x" * 32, resume_ttl=resume_ttl, presence_ttl=30)
+    redis: RedisClients | None = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        settings = settings.model_copy(update={"redis_url": server.url})
+        redis = await connect_redis(settings)
+    pubsub, store = create_backends(settings, redis)
+    heard: list[Envelope] = []
+    room_id = f"room-{secrets.token_hex(4)}"
+
+    async def resync() -> None:
+        return None
+
+    pubsub.set_listener(lambda _room, envelope: heard.append(envelope), resync)
+    await store.connect()
+    await pubsub.connect()
+    await pubsub.subscribe(room_id)
+    yield Room(pubsub, store, room_id, heard)
+    await pubsub.unsubscribe(room_id)
+    await pubsub.disconnect()
+    await store.disconnect()
+    if redis is not None:
+        await redis.aclose()
+
+
+async def served(room: Room) -> None:
+    await room.store.join(room.room_id, PEER, O1, 16, SECRET)
+
+
+async def flushing(room: Room) -> None:
+    await served(room)
+    assert await room.store.away(room.room_id, PEER, O1)
+
+
+async def away(room: Room) -> None:
+    await flushing(room)
+    await room.store.release(room.room_id, PEER, ["unsent-1"])
+
+
+async def absent(room: Room) -> None:
+    return None
+
+
+async def full(room: Room) -> None:
+    await room.store.join(room.room_id, OTHER, "owner-x", 1, "s")
+
+
+Step = Callable[[Room], Awaitable[None]]
+Event = Callable[[Room], Awaitable[Any]]
+
+
+def join(room: Room) -> Awaitable[Any]:
+    return room.store.join(room.room_id, PEER, O1, 1, SECRET)
+
+
+def resume(secret: str = SECRET, user: str = PEER.user_id, force: bool = False) -> Event:
+    def event(room: Room) -> Awaitable[Any]:
+        return room.store.resume(
+            room.room_id, PEER.peer_id, user, secret, O2, NEW_SECRET, force=force
+        )
+
+    return event
+
+
+def relay_to_peer(room: Room) -> Awaitable[bool]:
+    return room.store.relay(room.room_id, Envelope(PEER.peer_id, OTHER.peer_id, '{"type":"app"}'))
+
+
+def announced(kind: str) -> Callable[[Envelope], bool]:
+    return lambda envelope: frame_type(envelope) == kind
+
+
+def control(kind: ControlKind) -> Callable[[Envelope], bool]:
+    def matches(envelope: Envelope) -> bool:
+        decoded = Control.decode(envelope.frame)
+        return decoded is not None and decoded.kind is kind and envelope.to == PEER.peer_id
+
+    return matches
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    given: Step
+    event: Event
+    outcome: Any  # a value, or an exception class
+    after: str
+    publishes: Callable[[Envelope], bool] | None = None
+
+
+TRANSITIONS = [
+    Row("join", absent, join, [], "served", announced("user-joined")),
+    Row("join a full room", full, join, RoomFull, "absent"),
+    Row("leave", served, lambda r: r.store.leave(r.room_id, PEER, O1), True, "absent",
+        announced("user-left")),
+    Row("leave by another session", served, lambda r: r.store.leave(r.room_id, PEER, O2), False,
+        "served"),
+    Row("connection ends", served, lambda r: r.store.away(r.room_id, PEER, O1), True, "flushing",
+        control(ControlKind.BARRIER)),
+    Row("stale session ends", served, lambda r: r.store.away(r.room_id, PEER, O2), False,
+        "served"),
+    Row("unsent frames released", flushing,
+        lambda r: r.store.release(r.room_id, PEER, ["unsent-1"]), None, "away"),
+    Row("resume while served", served, resume(), ResumeBusy, "served"),
+    Row("resume while flushing", flushing, resume(), ResumeBusy, "flushing"),
+    Row("resume", away, resume(), "mailbox:unsent-1", "served"),
+    Row("resume, wrong secret", away, resume(secret="wrong"), ResumeRefused, "away"),
+    Row("resume, other user", away, resume(user="mallory"), ResumeRefused, "away"),
+    Row("resume, forced", served, resume(force=True), "mailbox:", "served"),
+    Row("kick a served peer", served, lambda r: r.store.kick(r.room_id, PEER.peer_id), True,
+        "served", control(ControlKind.KICK)),
+    Row("kick a peer away", away, lambda r: r.store.kick(r.room_id, PEER.peer_id), True, "absent",
+        announced("user-left")),
+    Row("kick nobody", absent, lambda r: r.store.kick(r.room_id, PEER.peer_id), False, "absent"),
+    Row("message to a peer away", away, relay_to_peer, True, "away"),
+    Row("message to nobody", absent, relay_to_peer, False, "absent"),
+    Row("old session leaves after away", away, lambda r: r.store.leave(r.room_id, PEER, O1),
+        False, "away"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", TRANSITIONS, ids=lambda row: row.name)
+async def test_transition(room: Room, row: Row) -> None:
+    await row.given(room)
+    room.heard.clear()
+    if isinstance(row.outcome, type) and issubclass(row.outcome, Exception):
+        with pytest.raises(row.outcome):
+            await row.event(room)
+    else:
+        result = await row.event(room)
+        if isinstance(row.outcome, str) and row.outcome.startswith("mailbox:"):
+            expected = [m for m in row.outcome.removeprefix("mailbox:").split(",") if m]
+            assert result.mailbox == expected
+            assert PEER.peer_id in [p.peer_id for p in result.participants]
+        elif row.outcome == []:
+            assert result == []
+        else:
+            assert result == row.outcome
+    if row.publishes is not None:
+        assert await room.published(row.publishes)
+    assert await room.state() == row.after
+
+
+async def test_a_message_to_a_peer_away_waits_in_its_mailbox(room: Room) -> None:
+    await away(room)
+    room.heard.clear()
+    assert await relay_to_peer(room)
+    resumed = await resume()(room)
+    assert resumed.mailbox == ["unsent-1", '{"type":"app"}']
+    assert not [e for e in room.heard if e.to == PEER.peer_id and frame_type(e) == "app"]
+
+
+@pytest.mark.parametrize("resume_ttl", [0.6])
+async def test_the_resume_window_runs_out(room: Room) -> None:
+    await away(room)
+    room.heard.clear()
+    assert await room.published(announced("user-left"), within=5.0)
+    assert await room.state() == "absent"
