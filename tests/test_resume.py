@@ -196,3 +196,32 @@ async def test_kicking_a_peer_that_is_away_removes_it_for_good(server: SbdServer
     assert (await host.expect("user-left"))["payload"]["peer_id"] == b.peer_id
     again = await Peer.connect(server.ws_url, room, make_token("bob"), query=f"resume={token}")
     assert (await again.expect_close())[0] == 4003
+
+
+async def _resume_attempt_leaves_the_victim_alone(victim_url: str, attacker_url: str) -> None:
+    room = new_room()
+    a = await Peer.join(victim_url, room, user="alice")
+    b = await Peer.join(victim_url, room, user="bob")
+    await a.expect("user-joined")
+    forged = f"{b.peer_id}.not-the-secret"
+    for user in ("mallory", "bob"):  # another member, and the victim's own user
+        attack = await Peer.connect(attacker_url, room, make_token(user), query=f"resume={forged}")
+        assert (await attack.expect_close())[0] == 4003
+    # The victim was never disturbed: still connected and reachable.
+    await a.send(a.offer(b.peer_id, sdp="still here"))
+    assert (await b.expect("offer"))["payload"]["sdp"] == "still here"
+    await b.send(b.offer(a.peer_id, sdp="and answering"))
+    assert (await a.expect("offer"))["payload"]["sdp"] == "and answering"
+    await b.assert_silent()
+    await a.assert_silent()
+
+
+async def test_a_forged_resume_token_does_not_knock_out_the_peer(server: SbdServer) -> None:
+    await _resume_attempt_leaves_the_victim_alone(server.ws_url, server.ws_url)
+
+
+async def test_a_forged_resume_on_another_instance_does_not_knock_out_the_peer(
+    cluster: Cluster,
+) -> None:
+    one, two = cluster
+    await _resume_attempt_leaves_the_victim_alone(one.ws_url, two.ws_url)

@@ -248,3 +248,22 @@ async def test_the_resume_window_runs_out(room: Room) -> None:
     room.heard.clear()
     assert await room.published(announced("user-left"), within=5.0)
     assert await room.state() == "absent"
+
+
+@pytest.mark.parametrize(
+    ("given", "user", "secret", "expected"),
+    [
+        (served, PEER.user_id, SECRET, True),
+        (away, PEER.user_id, SECRET, True),
+        (served, PEER.user_id, "wrong", False),
+        (served, "mallory", SECRET, False),
+        (absent, PEER.user_id, SECRET, False),
+    ],
+)
+async def test_may_resume_checks_credentials_and_changes_nothing(
+    room: Room, given: Step, user: str, secret: str, expected: bool
+) -> None:
+    await given(room)
+    before = await room.store.participants(room.room_id)
+    assert await room.store.may_resume(room.room_id, PEER.peer_id, user, secret) is expected
+    assert await room.store.participants(room.room_id) == before

@@ -22,6 +22,8 @@ from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import Session, SessionState
 from second_brain_database.webrtc.transport import CLOSE_TIMEOUT_S, SignalingSocket
 
+_LIVE = SessionState.LIVE  # a global, not an attribute lookup, per delivered frame
+
 
 class Flag:
     """A one-shot ``asyncio.Event`` that allocates nothing until awaited (an
@@ -63,7 +65,7 @@ class Connection:
         self._deadline: asyncio.TimerHandle | None = None
 
     def enqueue(self, frame: str) -> None:
-        if self.session.state is not SessionState.LIVE:
+        if self.session.state is not _LIVE:
             # Not welcomed yet, or over: keep it for the welcome or the mailbox.
             if len(self._held) < MAILBOX_MAX_FRAMES:
                 self._held.append(frame)

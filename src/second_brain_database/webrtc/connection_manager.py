@@ -48,7 +48,7 @@ from second_brain_database.webrtc.broker import (
     ResumeRefused,
     RoomFull,
 )
-from second_brain_database.webrtc.broker.control import Control, ControlKind
+from second_brain_database.webrtc.broker.control import CONTROL_PREFIX, Control, ControlKind
 from second_brain_database.webrtc.broker.pubsub import PubSub
 from second_brain_database.webrtc.broker.room_store import RoomStore, SynchronousRoomStore
 from second_brain_database.webrtc.connection import Connection
@@ -113,11 +113,12 @@ class ConnectionManager:
             connection = local.get(envelope.to)
             if connection is None:
                 return
-            control = Control.decode(frame)
-            if control is None:
+            if not frame.startswith(CONTROL_PREFIX):
                 connection.enqueue(frame)
             else:
-                self._run_now(connection, connection.session.control(control))
+                control = Control.decode(frame)
+                if control is not None:
+                    self._run_now(connection, connection.session.control(control))
             return
         for peer_id, connection in local.items():
             if not envelope.excludes(peer_id):
@@ -138,16 +139,21 @@ class ConnectionManager:
         old_secret = None
         if resume_token is not None:
             peer_id, _, old_secret = resume_token.partition(".")
-            await self._hand_over_local(room_id, peer_id)
         else:
             peer_id = secrets.token_urlsafe(12)
         member = Member(peer_id, principal.user_id, principal.name)
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(room_id, member, principal, self.settings, time.monotonic())
         connection = Connection(socket, session)
-        self._local.setdefault(room_id, {})[peer_id] = connection
-        metrics.LOCAL_ROOMS.set(len(self._local))
         try:
+            if old_secret is not None:
+                # Verified before anything touches the session serving the
+                # peer: a bad resume token must not knock anyone out.
+                if not await self.rooms.may_resume(room_id, peer_id, member.user_id, old_secret):
+                    raise ResumeRefused(peer_id)
+                await self._hand_over_local(room_id, peer_id)
+            self._local.setdefault(room_id, {})[peer_id] = connection
+            metrics.LOCAL_ROOMS.set(len(self._local))
             await self._serve(connection, old_secret)
         except RoomFull:
             session.finish(CloseCode.ROOM_FULL, "room is full")

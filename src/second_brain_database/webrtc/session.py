@@ -176,7 +176,7 @@ class Session:
     def receive(self, frame: Frame, now: float) -> list[Action]:
         """The actions one client frame calls for; every path calls this, with
         the same checks in the same order: size, rate limit, validity, type."""
-        if frame is TOO_BIG:
+        if isinstance(frame, TooBig):
             return [self._close(CloseCode.MESSAGE_TOO_BIG, "frame too large")]
         if not self.bucket.allow():
             if self.bucket.strikes >= RATE_LIMIT_STRIKES:
@@ -184,11 +184,18 @@ class Session:
             return [error(ProtocolError(ErrorCode.RATE_LIMITED, "slow down"))]
         if isinstance(frame, ProtocolError):
             return [error(frame)]
-        assert not isinstance(frame, TooBig)
         self.last_message = now  # only valid messages count
         metrics.count_received(frame.type.value)
-        if isinstance(frame, TARGETABLE):
-            return [self._relay(frame)]
+        if isinstance(frame, TARGETABLE):  # the hot path: inline, not a method call
+            if frame.to == self.member.peer_id:
+                why = "cannot send to yourself"
+                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, why, frame.id))]
+            payload = relay_payload(frame)
+            try:
+                envelope = server_frames.relayed(frame.type, self.member, frame.to, payload)
+            except orjson.JSONEncodeError:  # nested deeper than the encoder allows
+                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, frame.id))]
+            return [Publish(envelope, frame.id)]
         if isinstance(frame, PingMessage):
             return [Send(_PONG)]
         if isinstance(frame, MediaStateMessage):
@@ -202,20 +209,6 @@ class Session:
         if isinstance(frame, KickMessage):
             return [self._kick(frame)]
         return []
-
-    def _relay(
-        self, message: OfferMessage | AnswerMessage | IceCandidateMessage | AppMessage
-    ) -> Action:
-        if message.to == self.peer_id:
-            return error(
-                ProtocolError(ErrorCode.INVALID_MESSAGE, "cannot send to yourself", message.id)
-            )
-        payload = relay_payload(message)
-        try:
-            envelope = server_frames.relayed(message.type, self.member, message.to, payload)
-        except orjson.JSONEncodeError:  # nested deeper than the encoder allows
-            return error(ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, message.id))
-        return Publish(envelope, message.id)
 
     def _kick(self, message: KickMessage) -> Action:
         if not self.principal.is_host:

@@ -38,7 +38,7 @@ class Control:
     @staticmethod
     def decode(frame: str) -> Control | None:
         """The control a frame holds, or None for a client frame."""
-        if not frame.startswith("!"):
+        if not frame.startswith(CONTROL_PREFIX):
             return None
         if frame == ControlKind.KICK.value:
             return Control(ControlKind.KICK)
@@ -47,8 +47,11 @@ class Control:
         return None if kind is None else Control(kind, owner)
 
 
+CONTROL_PREFIX = "!"
+
+
 def is_control(frame: str) -> bool:
-    return frame.startswith("!")
+    return frame.startswith(CONTROL_PREFIX)
 
 
 class OwnerState(StrEnum):
@@ -60,5 +63,8 @@ class OwnerState(StrEnum):
     """Waiting, up to ``SBD_RESUME_TTL`` seconds, for a resume."""
 
 
+OWNER_STATES = frozenset(OwnerState)
+
+
 def is_owner_state(owner: str) -> bool:
-    return owner.startswith("~")
+    return owner in OWNER_STATES

@@ -27,4 +27,6 @@ class MemoryPubSub(PubSub):
         self.publish_now(room_id, envelope)
 
     def publish_now(self, room_id: str, envelope: Envelope) -> None:
-        self._dispatch(room_id, envelope)
+        listener = self._listener  # inline of _dispatch: once per relayed message
+        if listener is not None:
+            listener(room_id, envelope)

@@ -16,6 +16,7 @@ import orjson
 
 from second_brain_database.webrtc import server_frames
 from second_brain_database.webrtc.broker.control import (
+    OWNER_STATES,
     Control,
     ControlKind,
     OwnerState,
@@ -54,7 +55,7 @@ class _Room:
         self.expiries: dict[str, asyncio.TimerHandle] = {}
 
     def is_away(self, peer_id: str) -> bool:
-        return is_owner_state(self.owners.get(peer_id, ""))
+        return self.owners.get(peer_id, "") in OWNER_STATES
 
     def mail(self, peer_id: str, frame: str) -> None:
         self.mailboxes.setdefault(peer_id, deque(maxlen=MAILBOX_MAX_FRAMES)).append(frame)
@@ -70,7 +71,7 @@ class _Room:
 class MemoryRoomStore(SynchronousRoomStore):
     def __init__(self, pubsub: MemoryPubSub, *, resume_ttl: float) -> None:
         super().__init__(resume_ttl=resume_ttl)
-        self._pubsub = pubsub
+        self._publish_now = pubsub.publish_now
         self._rooms: dict[str, _Room] = {}
         self._policies: dict[str, tuple[RoomPolicy, float]] = {}
 
@@ -109,7 +110,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
         room.secrets[member.peer_id] = secret_digest(resume_secret)
-        self._pubsub.publish_now(room_id, server_frames.user_joined(member))
+        self._publish_now(room_id, server_frames.user_joined(member))
         return present
 
     async def reregister(
@@ -128,7 +129,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
-        self._pubsub.publish_now(room_id, server_frames.user_left(member))
+        self._publish_now(room_id, server_frames.user_left(member))
 
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
         room = self._rooms.get(room_id)
@@ -138,7 +139,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         room.expiries[member.peer_id] = asyncio.get_running_loop().call_later(
             self.resume_ttl, self._expire, room_id, member
         )
-        self._pubsub.publish_now(
+        self._publish_now(
             room_id, Envelope(member.peer_id, "", Control(ControlKind.BARRIER, owner).encode())
         )
         return True
@@ -188,6 +189,16 @@ class MemoryRoomStore(SynchronousRoomStore):
         mailbox = list(room.mailboxes.pop(peer_id, ()))
         return Resumed(self._participants(room), mailbox)
 
+    async def may_resume(self, room_id: str, peer_id: str, user_id: str, secret: str) -> bool:
+        room = self._rooms.get(room_id)
+        member = room.members.get(peer_id) if room is not None else None
+        return (
+            room is not None
+            and member is not None
+            and member.user_id == user_id
+            and room.secrets.get(peer_id) == secret_digest(secret)
+        )
+
     async def relay(self, room_id: str, envelope: Envelope) -> bool:
         return self.relay_now(room_id, envelope)
 
@@ -201,7 +212,7 @@ class MemoryRoomStore(SynchronousRoomStore):
                 return True
         elif room is not None:
             envelope = self._mail_away(room, envelope)
-        self._pubsub.publish_now(room_id, envelope)
+        self._publish_now(room_id, envelope)
         return True
 
     @staticmethod
@@ -227,9 +238,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         if room.is_away(peer_id):
             self._remove(room_id, room, member)
         else:
-            self._pubsub.publish_now(
-                room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode())
-            )
+            self._publish_now(room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode()))
         return True
 
     def _policy(self, room_id: str) -> RoomPolicy:

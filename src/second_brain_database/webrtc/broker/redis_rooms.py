@@ -80,7 +80,7 @@ class RedisRoomStore(RoomStore):
         names = (
             "JOIN", "REREGISTER", "LEAVE", "AWAY", "RELEASE", "RESUME", "RELAY_TO", "BROADCAST",
             "SET_MEDIA", "KICK", "EXPIRE_AWAY", "PARTICIPANTS", "HEARTBEAT", "DUE_AWAY",
-            "DROP_DUE", "SET_POLICY", "GET_POLICY",
+            "DROP_DUE", "SET_POLICY", "GET_POLICY", "MAY_RESUME",
         )  # fmt: skip
         return {n: self._redis.register_script(getattr(redis_scripts, n)) for n in names}
 
@@ -312,6 +312,14 @@ class RedisRoomStore(RoomStore):
             "ZREM", AWAY_INDEX_KEY, away_entry(room_id, Member(peer_id, user_id, ""))
         )
         return Resumed(participants, [_text(frame) for frame in result[3]])
+
+    async def may_resume(self, room_id: str, peer_id: str, user_id: str, secret: str) -> bool:
+        result = await self.run(
+            "MAY_RESUME",
+            RoomKeys.of(room_id).state,
+            [self._publish, peer_id, user_id, secret_digest(secret)],
+        )
+        return bool(result[0] == 1)
 
     async def relay(self, room_id: str, envelope: Envelope) -> bool:
         if envelope.to:

@@ -166,14 +166,24 @@ redis.call('HSET', KEYS[1], ARGV[1], '~away')
 return 1
 """
 
+# A resume's credentials: the peer, its user, its current secret.
+_CREDENTIALS = """
+local member = redis.call('HGET', KEYS[1], ARGV[2])
+if not member or redis.call('HGET', KEYS[4], ARGV[2]) ~= ARGV[4] then return {-1} end
+if cjson.decode(member)['user_id'] ~= ARGV[3] then return {-2} end
+"""
+
+# ARGV: publish (unused), peer, user, secret digest -> {1} when RESUME would
+# take these credentials, {-1} or {-2} as RESUME refuses them; reads only.
+MAY_RESUME = _CREDENTIALS + "return {1}\n"
+
 # ARGV: publish, peer, user, resume_hash, new_owner, new_resume_hash, force, mailbox key
 # -> {-1} unknown peer or wrong secret, {-2} another user's, {-3, owner} busy
 #    (still served or flushing; retry, or force), or
 #    {1, members (flat), media (flat), mailbox frames, previous owner}
-RESUME = """
-local member = redis.call('HGET', KEYS[1], ARGV[2])
-if not member or redis.call('HGET', KEYS[4], ARGV[2]) ~= ARGV[4] then return {-1} end
-if cjson.decode(member)['user_id'] ~= ARGV[3] then return {-2} end
+RESUME = (
+    _CREDENTIALS
+    + """
 local owner = redis.call('HGET', KEYS[2], ARGV[2])
 if owner ~= '~away' and ARGV[7] ~= '1' then return {-3, owner} end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[5])
@@ -183,6 +193,7 @@ local mailbox = redis.call('LRANGE', ARGV[8], 0, -1)
 redis.call('DEL', ARGV[8])
 return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), mailbox, owner}
 """
+)
 
 # ARGV: publish, to, sender, frame, mailbox prefix, ttl_ms, max_len, ingress stamp
 # -> -1 when ``to`` is not in the room, 0 when mailed, else PUBLISH's count

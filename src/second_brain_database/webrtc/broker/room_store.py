@@ -107,6 +107,13 @@ class RoomStore(ABC):
         takes it regardless, for an owner that died)."""
 
     @abstractmethod
+    async def may_resume(self, room_id: str, peer_id: str, user_id: str, secret: str) -> bool:
+        """Whether :meth:`resume` would take these credentials: ``peer_id`` is
+        in the room, ``user_id`` is its user and ``secret`` its current resume
+        secret. Reads only: checked before a resume disturbs the session that
+        serves the peer."""
+
+    @abstractmethod
     async def relay(self, room_id: str, envelope: Envelope) -> bool:
         """Deliver to the room (``to`` empty) or to one peer, into the mailbox
         of peers waiting to resume; False (nothing sent) when ``envelope.to``
