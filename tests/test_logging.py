@@ -120,6 +120,10 @@ async def test_server_logs_json_with_request_ids_and_session_ids(server: SbdServ
         if line.get("room_id") == "log-json-room" and line["msg"] == "signaling session ended"
     ]
     assert (ended["peer_id"], ended["user_id"]) == (peer.peer_id, "logan")
+    # One structured line per session end: why, how long, how many frames.
+    assert (ended["close_code"], ended["reason"]) == (1000, "left")
+    assert ended["frames_in"] == 1 and ended["frames_out"] == 1  # leave; welcome
+    assert ended["duration_s"] >= 0
     # The handshake line of the same connection carries the same request id.
     handshake = [
         line
@@ -129,6 +133,25 @@ async def test_server_logs_json_with_request_ids_and_session_ids(server: SbdServ
     assert handshake and "token=[redacted]" in handshake[0]["msg"]
     assert token not in server.log()
     assert all(line["instance"] == lines[0]["instance"] for line in lines)
+
+
+async def test_a_refused_session_logs_its_close_code(server: SbdServer) -> None:
+    room = "log-refused-room"
+    peer = await Peer.join(server.ws_url, room, make_token("ruth"))
+    forged = f"{peer.peer_id}.wrong-secret"
+    refused = await Peer.connect(server.ws_url, room, make_token("ruth"), query=f"resume={forged}")
+    assert (await refused.expect_close())[0] == 4003
+    await asyncio.sleep(0.3)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    ended = [
+        line
+        for line in lines
+        if line.get("room_id") == room and line["msg"] == "signaling session ended"
+    ]
+    assert [(line["close_code"], line["reason"]) for line in ended] == [
+        (4003, "invalid resume token")
+    ]
+    assert forged not in server.log()
 
 
 async def test_text_format_from_settings(sbd_factory: SbdFactory) -> None:

@@ -52,7 +52,16 @@ class Flag:
 class Connection:
     """One accepted WebSocket serving one :class:`Session`."""
 
-    __slots__ = ("_deadline", "_held", "_reader", "barrier", "finished", "session", "socket")
+    __slots__ = (
+        "_deadline",
+        "_held",
+        "_reader",
+        "barrier",
+        "finished",
+        "frames_out",
+        "session",
+        "socket",
+    )
 
     def __init__(self, socket: SignalingSocket, session: Session) -> None:
         self.socket = socket
@@ -63,6 +72,7 @@ class Connection:
         self._held: list[str] = []
         self._reader: asyncio.Task[Any] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self.frames_out = 0  # handed to the socket, the welcome included
 
     def enqueue(self, frame: str) -> None:
         if self.session.state is not _LIVE:
@@ -75,6 +85,7 @@ class Connection:
             self.abort(CloseCode.TRY_AGAIN_LATER, "send queue overflow")
             self._held.append(frame)
             return
+        self.frames_out += 1
         metrics.DELIVERED.inc()
 
     def start(self, welcome: str, mailbox: list[str]) -> None:
@@ -83,6 +94,7 @@ class Connection:
         arrived, self._held = self._held, []
         session.welcomed()
         self.socket.send(welcome)  # the queue is empty: it always fits
+        self.frames_out += 1
         for frame in [*mailbox, *arrived]:
             if not is_control(frame):
                 self.enqueue(frame)

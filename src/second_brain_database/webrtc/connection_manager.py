@@ -179,6 +179,7 @@ class ConnectionManager:
             code = end.code if end.code in _KNOWN_CLOSES else "other"
             metrics.CONNECTIONS_CLOSED.labels(code=str(code)).inc()
             connection.finished.set()
+            _log_end(connection)
 
     async def _serve(self, connection: Connection, old_secret: str | None) -> None:
         session = connection.session
@@ -408,3 +409,20 @@ class ConnectionManager:
         for connection in connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(connection.finished.wait(), HANDOVER_TIMEOUT_S)
+
+
+def _log_end(connection: Connection) -> None:
+    """One structured line per session (room, peer and user ids come from
+    the log context, logging_setup.bind_session; never a token)."""
+    session = connection.session
+    end = session.end
+    logger.info(
+        "signaling session ended",
+        extra={
+            "close_code": end.code if end is not None else None,
+            "reason": end.reason if end is not None else "",
+            "duration_s": round(time.monotonic() - session.opened_at, 3),
+            "frames_in": session.frames_in,
+            "frames_out": connection.frames_out,
+        },
+    )

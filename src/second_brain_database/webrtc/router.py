@@ -77,8 +77,6 @@ async def _session(
     finally:
         metrics.CONNECTIONS.dec()
         await service.admission.connections.release(admitted.lease)
-        # Carries room, peer and user ids (logging_setup.LogContext).
-        logger.info("signaling session ended")
 
 
 @router.get(

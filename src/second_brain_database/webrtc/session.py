@@ -119,9 +119,11 @@ class Session:
     __slots__ = (
         "bucket",
         "end",
+        "frames_in",
         "idle_timeout",
         "last_message",
         "member",
+        "opened_at",
         "owner",
         "principal",
         "resume_secret",
@@ -139,7 +141,8 @@ class Session:
         self.resume_secret = secrets.token_urlsafe(24)
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.idle_timeout = settings.idle_timeout
-        self.last_message = now
+        self.opened_at = self.last_message = now
+        self.frames_in = 0
         self.state = SessionState.JOINING
         self.end: SessionEnded | None = None
 
@@ -176,6 +179,7 @@ class Session:
     def receive(self, frame: Frame, now: float) -> list[Action]:
         """The actions one client frame calls for; every path calls this, with
         the same checks in the same order: size, rate limit, validity, type."""
+        self.frames_in += 1
         if isinstance(frame, TooBig):
             return [self._close(CloseCode.MESSAGE_TOO_BIG, "frame too large")]
         if not self.bucket.allow():
