@@ -1,12 +1,11 @@
 """Signaling sessions of this process: the driver of the sans-I/O core.
 
 The manager owns this process's local connections, grouped by room, and runs
-each one: join or resume through the room store, then every client frame through
-the one decision function (``Session.receive``, webrtc/session.py) and its
-actions. With the embedded store, relays and pings are handled in the
-socket's read callback (``_on_arrival``: no action waits there); every other
-frame, and every frame on Redis, in the session's reader task (``_read_forever``),
-with the same function and the same checks.
+each one: join or resume through the room store, then every client frame
+through the one decision function (``Session.receive``, webrtc/session.py),
+whose actions webrtc/action_runner.py runs: in the socket's read callback
+where none waits (relays and pings with the embedded store), else in the
+session's reader task, with the same function and the same checks.
 
 A session that ends without ``leave`` hands its peer over for resume: it
 marks the peer away, waits for the barrier (every frame published
@@ -23,21 +22,11 @@ import logging
 import secrets
 import time
 
-from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
+from second_brain_database.auth.tokens import Principal, TokenService
 from second_brain_database.config import Settings
 from second_brain_database.logging_setup import bind_session
 from second_brain_database.webrtc import metrics, server_frames
-from second_brain_database.webrtc.actions import (
-    NEEDS_AWAIT,
-    Action,
-    BarrierPassed,
-    Close,
-    Kick,
-    Publish,
-    Send,
-    SetMedia,
-    VerifyRefresh,
-)
+from second_brain_database.webrtc.action_runner import ActionRunner
 from second_brain_database.webrtc.broker import (
     BrokerUnavailable,
     Envelope,
@@ -50,29 +39,22 @@ from second_brain_database.webrtc.broker import (
 )
 from second_brain_database.webrtc.broker.control import CONTROL_PREFIX, Control, ControlKind
 from second_brain_database.webrtc.broker.pubsub import PubSub
-from second_brain_database.webrtc.broker.room_store import RoomStore, SynchronousRoomStore
+from second_brain_database.webrtc.broker.room_store import RoomStore
 from second_brain_database.webrtc.connection import Connection
-from second_brain_database.webrtc.schemas import CloseCode, ErrorCode, ProtocolError
+from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import (
-    HANDLED_ON_ARRIVAL,
     Session,
     SessionEnded,
     SessionState,
-    error,
-    read_frame,
-    unknown_peer,
 )
-from second_brain_database.webrtc.transport import ClientGone, SignalingSocket
+from second_brain_database.webrtc.transport import SignalingSocket
 
 logger = logging.getLogger(__name__)
 
-YIELD_EVERY = 16
 # How long a resume waits for the previous session to hand the peer over
 # before taking it regardless (that session's instance may have died).
 HANDOVER_TIMEOUT_S = 3.0
 BARRIER_TIMEOUT_S = 2.0
-UNAVAILABLE = "not delivered: the signaling backend is unavailable, retry shortly"
-INTERNAL = "the server could not process this message"
 # Endings after which the peer is gone for good; any other ending is resumable.
 FINAL_CLOSES = frozenset(
     {CloseCode.NORMAL, CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED, CloseCode.IDLE}
@@ -92,8 +74,8 @@ class ConnectionManager:
         self._local: dict[str, dict[str, Connection]] = {}
         # Relay latency is a cross-instance figure: in-process delivery (the
         # embedded store) would only add zeros, at a histogram lock a message.
-        self._synchronous_store = rooms if isinstance(rooms, SynchronousRoomStore) else None
-        self._measure_relay = self._synchronous_store is None
+        self._runner = ActionRunner(rooms, tokens, settings.max_message_bytes)
+        self._measure_relay = not self._runner.handles_on_arrival
         pubsub.set_listener(self.deliver, self.resync)
 
     @property
@@ -118,7 +100,7 @@ class ConnectionManager:
             else:
                 control = Control.decode(frame)
                 if control is not None:
-                    self._run_now(connection, connection.session.control(control))
+                    self._runner.run_now(connection, connection.session.control(control))
             return
         for peer_id, connection in local.items():
             if not envelope.excludes(peer_id):
@@ -212,9 +194,10 @@ class ConnectionManager:
                 mailbox,
             )
             del participants, mailbox  # held by this frame for the whole session otherwise
-            if self._synchronous_store is not None:
-                connection.socket.handle_on_arrival(functools.partial(self._on_arrival, connection))
-            await self._read_forever(connection)
+            if self._runner.handles_on_arrival:
+                on_arrival = functools.partial(self._runner.on_arrival, connection)
+                connection.socket.handle_on_arrival(on_arrival)
+            await self._runner.read_forever(connection)
         finally:
             if joined:
                 await self._depart(connection)
@@ -280,113 +263,6 @@ class ConnectionManager:
             if not local:
                 del self._local[session.room_id]
         metrics.LOCAL_ROOMS.set(len(self._local))
-
-    # --- client frames: one decision function, two ways to run its actions --
-
-    async def _read_forever(self, connection: Connection) -> None:
-        receive = connection.socket.receive
-        session = connection.session
-        max_bytes = self.settings.max_message_bytes
-        handled = 0
-        while True:
-            handled += 1
-            if not handled % YIELD_EVERY:
-                # receive() does not yield while frames are buffered: give the
-                # receivers' writers a turn before their queues fill up.
-                await asyncio.sleep(0)
-            try:
-                data = await receive()
-            except ClientGone as gone:
-                raise session.finish(gone.code, "") from None
-            frame = read_frame(data, max_bytes)
-            ref = getattr(frame, "id", None)
-            try:
-                await self._run(connection, session.receive(frame, time.monotonic()))
-            except BrokerUnavailable:
-                # Redis is away: say so and keep the connection; the broker
-                # reconnects on its own and the client may retry.
-                metrics.BROKER_ERRORS.inc()
-                connection.enqueue(
-                    error(ProtocolError(ErrorCode.UNAVAILABLE, UNAVAILABLE, ref)).frame
-                )
-            except (SessionEnded, asyncio.CancelledError):
-                raise
-            except Exception:
-                # A bug must cost one message, not the session: log it,
-                # answer without the trace, carry on.
-                logger.exception("failed to handle a client frame")
-                connection.enqueue(
-                    error(ProtocolError(ErrorCode.INVALID_MESSAGE, INTERNAL, ref)).frame
-                )
-
-    def _on_arrival(self, connection: Connection, data: str | bytes) -> bool:
-        """Handle a relayed message or a ping in the socket's read callback:
-        with the embedded broker none of their actions waits, and the socket
-        calls this only while the session's reader is idle, so nothing the
-        reader holds is overtaken. Saves the reader task's wakeup per message.
-        Anything else is left untouched for the reader (False), which reads
-        it the same way."""
-        session = connection.session
-        if session.state is not SessionState.LIVE:
-            return False
-        frame = read_frame(data, self.settings.max_message_bytes)
-        if not isinstance(frame, HANDLED_ON_ARRIVAL):
-            return False
-        try:
-            self._run_now(connection, session.receive(frame, time.monotonic()))
-        except Exception:
-            logger.exception("failed to handle a %s message", frame.type.value)
-            connection.enqueue(
-                error(ProtocolError(ErrorCode.INVALID_MESSAGE, INTERNAL, frame.id)).frame
-            )
-        return True
-
-    def _run_now(self, connection: Connection, actions: list[Action]) -> None:
-        """Run actions that never wait (Send, Close, BarrierPassed, and Publish
-        with a synchronous broker)."""
-        for action in actions:
-            if type(action) is Publish:
-                store = self._synchronous_store
-                assert store is not None
-                if not store.relay_now(connection.session.room_id, action.envelope):
-                    connection.enqueue(unknown_peer(action.envelope.to, action.ref).frame)
-            elif type(action) is Send:
-                connection.enqueue(action.frame)
-            elif type(action) is Close:
-                connection.interrupt()
-            elif type(action) is BarrierPassed:
-                connection.barrier.set()
-
-    async def _run(self, connection: Connection, actions: list[Action]) -> None:
-        """Run actions in order, awaiting those that wait; a Close ends the reader."""
-        session = connection.session
-        for action in actions:
-            if isinstance(action, Publish):
-                if not await self.rooms.relay(session.room_id, action.envelope):
-                    connection.enqueue(unknown_peer(action.envelope.to, action.ref).frame)
-            elif isinstance(action, Close):
-                assert session.end is not None
-                raise session.end
-            elif isinstance(action, NEEDS_AWAIT):
-                await self._run_waiting(connection, action)
-            else:
-                self._run_now(connection, [action])
-
-    async def _run_waiting(self, connection: Connection, action: Action) -> None:
-        session = connection.session
-        if isinstance(action, SetMedia):
-            await self.rooms.set_media(session.room_id, action.media, action.envelope)
-        elif isinstance(action, Kick):
-            if not await self.rooms.kick(session.room_id, action.peer_id):
-                connection.enqueue(unknown_peer(action.peer_id, action.ref).frame)
-        elif isinstance(action, VerifyRefresh):
-            try:
-                principal: Principal | None = await self.tokens.verify_async(action.token)
-                why = ""
-            except InvalidToken as exc:
-                principal, why = None, exc.reason
-            await self._run(connection, session.refreshed(principal, why, action.ref))
-            connection.schedule_expiry()
 
     async def resync(self) -> None:
         """Re-register every live local peer (Redis may have lost them)."""
