@@ -14,12 +14,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc import server_frames
-from second_brain_database.webrtc.broker import redis_scripts
 from second_brain_database.webrtc.broker.control import Control, ControlKind, is_owner_state
 from second_brain_database.webrtc.broker.model import (
     LOCKED,
@@ -38,6 +36,7 @@ from second_brain_database.webrtc.broker.model import (
     RoomPolicy,
     secret_digest,
 )
+from second_brain_database.webrtc.broker.redis_commands import RedisCommands
 from second_brain_database.webrtc.broker.redis_keys import (
     AWAY_INDEX_KEY,
     INSTANCES_KEY,
@@ -45,7 +44,6 @@ from second_brain_database.webrtc.broker.redis_keys import (
     instance_peers_key,
     room_of_key,
 )
-from second_brain_database.webrtc.broker.redis_pipeline import CommandPipeline
 from second_brain_database.webrtc.broker.redis_presence import (
     RedisPresence,
     away_entry,
@@ -66,58 +64,29 @@ class RedisRoomStore(RoomStore):
     ) -> None:
         super().__init__(resume_ttl=resume_ttl)
         self.instance_id = instance_id
-        self._clients = redis  # made and closed by the service
         self._redis: Redis | RedisCluster = redis.client
         # Sharded Pub/Sub on a Cluster: a room's messages stay on the shard
         # that owns its hash slot instead of being copied to every node.
         self._publish = "PUBLISH" if redis.cluster is None else "SPUBLISH"
-        self._scripts = self._register_scripts()
+        self._commands = RedisCommands(redis)
         self._mailbox_ttl_ms = int(resume_ttl * 1000) + _MAILBOX_SLACK_MS
-        self._pipeline: CommandPipeline | None = None
         self._presence = RedisPresence(self, redis, instance_id, presence_ttl)
 
-    def _register_scripts(self) -> dict[str, AsyncScript]:
-        names = (
-            "JOIN", "REREGISTER", "LEAVE", "AWAY", "RELEASE", "RESUME", "RELAY_TO", "BROADCAST",
-            "SET_MEDIA", "KICK", "EXPIRE_AWAY", "PARTICIPANTS", "HEARTBEAT", "DUE_AWAY",
-            "DROP_DUE", "SET_POLICY", "GET_POLICY", "MAY_RESUME",
-        )  # fmt: skip
-        return {n: self._redis.register_script(getattr(redis_scripts, n)) for n in names}
-
     async def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        try:
-            if self._pipeline is not None:
-                return await self._pipeline.evalsha(self._scripts[script].sha, keys, args)
-            return await self._scripts[script](keys=keys, args=args)
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        return await self._commands.run(script, keys, args)
 
     async def command(self, *args: Any) -> Any:
-        """A plain command, on the pipeline when there is one."""
-        try:
-            if self._pipeline is not None:
-                return await self._pipeline.execute(*args)
-            return await self._redis.execute_command(*args)
-        except RedisError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        return await self._commands.command(*args)
 
     # --- lifecycle ------------------------------------------------------
 
     async def connect(self) -> None:
         self._presence.start()
-        if isinstance(self._redis, Redis):
-            # One connection carries every session's commands. (On a cluster
-            # they go through the cluster client's per-node pools.)
-            self._pipeline = CommandPipeline(
-                self._clients,
-                {script.sha: str(script.script) for script in self._scripts.values()},
-            )
-            self._pipeline.start()
+        self._commands.start()
 
     async def disconnect(self) -> None:
         await self._presence.stop()
-        if self._pipeline is not None:
-            await self._pipeline.stop()
+        await self._commands.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(INSTANCES_KEY, self.instance_id)
 
