@@ -29,6 +29,7 @@ from second_brain_database.webrtc.broker import (
     Envelope,
     Member,
     PubSub,
+    RedisRoomStore,
     ResumeBusy,
     ResumeRefused,
     RoomFull,
@@ -267,3 +268,48 @@ async def test_may_resume_checks_credentials_and_changes_nothing(
     before = await room.store.participants(room.room_id)
     assert await room.store.may_resume(room.room_id, PEER.peer_id, user, secret) is expected
     assert await room.store.participants(room.room_id) == before
+
+
+NEWLINE_USER = Member("peer-nl", "evil\nuser\nid", "Evil")
+
+
+async def test_presence_entries_survive_a_user_id_with_newlines(
+    redis_server: RedisServer,
+) -> None:
+    """Reaping a dead instance and expiring a resume window both read back
+    what an instance recorded of its peers: with a user id holding newlines
+    (the handshake refuses them, the store must not depend on it)."""
+    base = Settings(jwt_secret="x" * 32, resume_ttl=0.5, redis_url=redis_server.url)
+    clients = [await connect_redis(base), await connect_redis(base)]
+    dead_settings = base.model_copy(update={"instance_id": "dead-" + secrets.token_hex(3)})
+    _, dead = create_backends(dead_settings, clients[0])
+    pubsub, reaper = create_backends(base, clients[1])
+    assert isinstance(dead, RedisRoomStore) and isinstance(reaper, RedisRoomStore)
+    heard: list[Envelope] = []
+
+    async def resync() -> None:
+        return None
+
+    pubsub.set_listener(lambda _room, envelope: heard.append(envelope), resync)
+    await pubsub.connect()
+    reaped_room, expired_room = f"nl-{secrets.token_hex(3)}", f"nl-{secrets.token_hex(3)}"
+    for room_id in (reaped_room, expired_room):
+        await pubsub.subscribe(room_id)
+    try:
+        await dead.join(reaped_room, NEWLINE_USER, O1, 16, SECRET)
+        await reaper.presence.reap(dead_settings.instance_id)
+        assert await reaper.participants(reaped_room) == []
+
+        await reaper.join(expired_room, NEWLINE_USER, O1, 16, SECRET)
+        assert await reaper.away(expired_room, NEWLINE_USER, O1)
+        await reaper.release(expired_room, NEWLINE_USER, [])
+        await asyncio.sleep(0.7)
+        await reaper.presence.expire_due()
+        assert await reaper.participants(expired_room) == []
+
+        left = [orjson.loads(e.frame) for e in heard if frame_type(e) == "user-left"]
+        assert [m["payload"]["user_id"] for m in left] == [NEWLINE_USER.user_id] * 2
+    finally:
+        await pubsub.disconnect()
+        for client in clients:
+            await client.aclose()

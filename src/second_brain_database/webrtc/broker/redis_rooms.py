@@ -70,7 +70,7 @@ class RedisRoomStore(RoomStore):
         self._publish = "PUBLISH" if redis.cluster is None else "SPUBLISH"
         self._commands = RedisCommands(redis)
         self._mailbox_ttl_ms = int(resume_ttl * 1000) + _MAILBOX_SLACK_MS
-        self._presence = RedisPresence(self, redis, instance_id, presence_ttl)
+        self.presence = RedisPresence(self, redis, instance_id, presence_ttl)
 
     async def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         return await self._commands.run(script, keys, args)
@@ -81,11 +81,11 @@ class RedisRoomStore(RoomStore):
     # --- lifecycle ------------------------------------------------------
 
     async def connect(self) -> None:
-        self._presence.start()
+        self.presence.start()
         self._commands.start()
 
     async def disconnect(self) -> None:
-        await self._presence.stop()
+        await self.presence.stop()
         await self._commands.stop()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(INSTANCES_KEY, self.instance_id)
