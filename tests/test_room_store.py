@@ -313,3 +313,14 @@ async def test_presence_entries_survive_a_user_id_with_newlines(
         await pubsub.disconnect()
         for client in clients:
             await client.aclose()
+
+
+async def test_a_join_that_cannot_be_announced_changes_nothing(room: Room) -> None:
+    """All or nothing: a member whose ``user-joined`` cannot be encoded (a
+    lone surrogate in its name) is refused without a trace in the room."""
+    broken = Member("peer-broken", "eve", "Eve \ud83d")
+    with pytest.raises(TypeError):  # orjson.JSONEncodeError is a TypeError
+        await room.store.join(room.room_id, broken, O1, 16, SECRET)
+    assert await room.store.participants(room.room_id) == []
+    assert await room.store.join(room.room_id, PEER, O1, 16, SECRET) == []
+    assert [p.peer_id for p in await room.store.participants(room.room_id)] == [PEER.peer_id]

@@ -97,7 +97,9 @@ class MemoryRoomStore(SynchronousRoomStore):
         *,
         privileged: bool = False,
     ) -> list[Participant]:
-        room = self._rooms.setdefault(room_id, _Room())
+        # All or nothing: everything that can fail comes before the first change.
+        joined = server_frames.user_joined(member)
+        room = self._rooms.get(room_id) or _Room()
         if len(room.members) >= capacity:
             raise RoomFull(room_id)
         policy = self._policy(room_id)
@@ -107,10 +109,11 @@ class MemoryRoomStore(SynchronousRoomStore):
             if policy.invited is not None and member.user_id not in policy.invited:
                 raise JoinRefused(NOT_INVITED)
         present = self._participants(room)
+        self._rooms[room_id] = room
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
         room.secrets[member.peer_id] = secret_digest(resume_secret)
-        self._publish_now(room_id, server_frames.user_joined(member))
+        self._publish_now(room_id, joined)
         return present
 
     async def reregister(
@@ -126,10 +129,11 @@ class MemoryRoomStore(SynchronousRoomStore):
         return True
 
     def _remove(self, room_id: str, room: _Room, member: Member) -> None:
+        left = server_frames.user_left(member)  # before any change: all or nothing
         room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
-        self._publish_now(room_id, server_frames.user_left(member))
+        self._publish_now(room_id, left)
 
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
         room = self._rooms.get(room_id)

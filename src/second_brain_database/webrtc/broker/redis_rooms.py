@@ -108,26 +108,27 @@ class RedisRoomStore(RoomStore):
         *,
         privileged: bool = False,
     ) -> list[Participant]:
+        # All or nothing: the arguments (where encoding can fail) before any write.
         entry = instance_entry(room_id, member, owner)
+        args = [
+            self._publish,
+            member.peer_id,
+            member.to_json(),
+            owner,
+            capacity,
+            secret_digest(resume_secret),
+            server_frames.user_joined(member).pack(),
+            member.user_id,
+            "1" if privileged else "0",
+        ]
         await self.command("SADD", instance_peers_key(self.instance_id), entry)
-        result = await self.run(
-            "JOIN",
-            RoomKeys.of(room_id).state,
-            [
-                self._publish,
-                member.peer_id,
-                member.to_json(),
-                owner,
-                capacity,
-                secret_digest(resume_secret),
-                server_frames.user_joined(member).pack(),
-                member.user_id,
-                "1" if privileged else "0",
-            ],
-        )
+        try:
+            result = await self.run("JOIN", RoomKeys.of(room_id).state, args)
+        except BrokerUnavailable:
+            await self._drop_entry(entry)
+            raise
         if result[0] != 1:
-            with contextlib.suppress(BrokerUnavailable):
-                await self.command("SREM", instance_peers_key(self.instance_id), entry)
+            await self._drop_entry(entry)
             if result[0] == -1:
                 raise RoomFull(room_id)
             raise JoinRefused(LOCKED if result[0] == -2 else NOT_INVITED)
@@ -169,6 +170,11 @@ class RedisRoomStore(RoomStore):
             locked=locked == b"1",
             invited=tuple(sorted(_text(u) for u in invited)) if invited else None,
         )
+
+    async def _drop_entry(self, entry: str) -> None:
+        """Undo the instance's record of a peer that did not join."""
+        with contextlib.suppress(BrokerUnavailable):
+            await self.command("SREM", instance_peers_key(self.instance_id), entry)
 
     async def reregister(
         self, room_id: str, member: Member, owner: str, resume_secret: str
