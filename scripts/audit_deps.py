@@ -1,4 +1,4 @@
-"""Audit the installed distributions against PyPI's advisory data (`make lint`).
+"""Audit the installed distributions against PyPI's advisory data (`make audit`).
 
 Why not pip-audit: it reads PyPI's per-version JSON API (/pypi/NAME/VERSION/json).
 Where a mirror answers 404 there, pip-audit skips every package and exits 0, so
