@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint audit typecheck pytest fuzz setup setup-test system-deps conformance \
+.PHONY: serve test lint audit docs typecheck pytest fuzz setup setup-test system-deps conformance \
 	test-uvicorn-latest sdk-deps sdk-pack
 
 $(BIN)/sbd: pyproject.toml
@@ -64,6 +64,10 @@ audit: setup-test
 	if [ $$status -eq 2 ]; then \
 		echo "WARNING: dependency audit not done: the package index could not be asked" >&2; \
 	elif [ $$status -ne 0 ]; then exit $$status; fi
+
+# docs/configuration.md from the settings' docstrings (config.py).
+docs: setup
+	$(BIN)/python scripts/gen_config_docs.py
 
 typecheck: setup-test
 	$(BIN)/mypy

@@ -23,56 +23,107 @@ CommaList = Annotated[list[str], NoDecode]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SBD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="SBD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # The docstring under each field is its description: docs/configuration.md
+        # is generated from them (scripts/gen_config_docs.py).
+        use_attribute_docstrings=True,
     )
 
     jwt_secret: str | None = None
+    """HS256 key for access tokens, at least 32 bytes. Unset: a random key per process, with a
+    warning (one instance only).
+    """
     jwt_algorithms: CommaList = ["HS256"]
+    """Accepted JWT algorithms, comma-separated (never taken from the token)."""
     jwt_public_key: str | None = None
+    """PEM public key for RS256/ES256 tokens."""
     jwt_jwks_url: str | None = None
+    """JWKS endpoint for RS256/ES256 tokens."""
     jwt_issuer: str | None = None
+    """Required `iss` claim, when set."""
     jwt_audience: str | None = None
+    """Required `aud` claim, when set."""
     # Clock skew tolerated on exp/nbf/iat; kept small (RFC 8725 3.10 spirit).
     jwt_leeway_s: int = Field(default=10, ge=0, le=60)
+    """Seconds of clock skew tolerated on `exp`, `nbf` and `iat`."""
     # JWKS: keys are kept this long, and an unknown ``kid`` triggers a refetch
     # at most once per ``jwt_jwks_min_refresh_s`` (so forged kids cannot make
     # the server hammer the issuer).
     jwt_jwks_cache_s: float = Field(default=300, gt=0)
+    """Seconds JWKS keys are kept."""
     jwt_jwks_min_refresh_s: float = Field(default=10, ge=0)
+    """Least seconds between JWKS refetches for an unknown `kid` (forged kids cannot make the
+    server hammer the issuer).
+    """
     access_token_ttl: int = Field(default=3600, gt=0)
+    """Seconds an access token from the login endpoint or `sbd token` is valid."""
     # Password attempts per minute, per client address and per username.
     login_attempts_per_minute: float = Field(default=10, gt=0)
+    """Password attempts per minute, per client address and per username (429 past it)."""
 
     redis_url: str | None = None
+    """Redis for multi-instance fan-out and shared room state (standalone or Cluster), e.g.
+    `redis://127.0.0.1:6379/0`. Unset: the embedded in-process broker, one instance.
+    """
     # Sentinel mode (host:port of each Sentinel): Redis is the primary that
     # they name, and follows it through a failover; ``redis_url`` is unused.
     redis_sentinels: CommaList = []
+    """Comma-separated `host:port` of Redis Sentinels: Redis is the primary they name, followed
+    through a failover (`SBD_REDIS_URL` is then unused).
+    """
     redis_sentinel_master: str = "mymaster"
+    """The Sentinel master name."""
     # Applies to standalone, Cluster and the Sentinel-named primary (not to
     # the Sentinels themselves); a password inside ``redis_url`` is the other way.
     redis_password: str | None = None
+    """Password for Redis: standalone, Cluster or the Sentinel-named primary (not the Sentinels
+    themselves). Not together with a password in `SBD_REDIS_URL`.
+    """
 
     stun_urls: CommaList = ["stun:stun.l.google.com:19302"]
+    """Comma-separated STUN URLs handed out by the config endpoint."""
     turn_urls: CommaList = []
+    """Comma-separated TURN URLs handed out by the config endpoint."""
     turn_secret: str | None = None
+    """coturn's `static-auth-secret`, for ephemeral TURN credentials."""
     turn_ttl: int = Field(default=86400, gt=0)
+    """Seconds a TURN credential is valid (never past the token's `exp`)."""
 
     allowed_origins: CommaList = []
+    """Comma-separated origins allowed to open the WebSocket; a present, unlisted `Origin` is
+    refused with 1008, a connection without `Origin` is admitted. Unset: all.
+    """
     max_message_bytes: int = Field(default=65536, gt=0)
+    """Largest client message in bytes; larger: close 1009."""
     max_peers_per_room: int = Field(default=16, gt=0)
+    """Room capacity; a join to a full room is closed with 4008."""
     presence_ttl: float = Field(default=30, gt=0)
+    """Seconds after which the peers of a dead instance are reaped."""
     resume_ttl: float = Field(default=30, ge=0)
+    """Seconds a dropped peer may resume its session; 0: no resume."""
     send_queue_size: int = Field(default=256, gt=0)
+    """Frames queued per client beyond what its socket buffers hold, before it is closed as too
+    slow (1013).
+    """
     # A connection that sends no message at all (not even ping) for this long
     # is closed with 4408: it only holds a place in the room.
     idle_timeout: float = Field(default=300, gt=0)
+    """Seconds without any valid client message before close 4408."""
     rate_limit_per_s: float = Field(default=100, gt=0)
+    """Client frames per second per connection (token bucket rate)."""
     rate_limit_burst: int = Field(default=400, gt=0)
+    """Client frames a connection may send at once (token bucket size)."""
     # Abuse limits at admission (docs/security.md). A rate of 0 turns the
     # per-IP handshake limit off; 0 turns the per-user cap off.
     handshake_rate_per_s: float = Field(default=20, ge=0)
+    """WebSocket handshakes per second per client address, per instance; 0: no limit."""
     handshake_burst: int = Field(default=200, gt=0)
+    """Handshakes one client address may make at once, per instance."""
     max_connections_per_user: int = Field(default=100, ge=0)
+    """Open WebSocket connections per user across all instances; 0: no cap."""
     # Hostile-client bounds of the WebSocket layer (webrtc/native_ws.py,
     # webrtc/rfc6455.py; docs/security.md).
     max_message_fragments: int = Field(
@@ -107,10 +158,16 @@ class Settings(BaseSettings):
     )
 
     database_path: Path = Path("./sbd.sqlite3")
+    """SQLite file of password logins (`sbd users`)."""
     instance_id: str = Field(default_factory=lambda: secrets.token_hex(6))
+    """This instance's id in Redis presence; random per process by default."""
     log_level: str = "INFO"
+    """Log level of the service (`DEBUG`, `INFO`, `WARNING`, ...)."""
     # "auto": JSON when stderr is not a terminal (a service manager, a container).
     log_format: Literal["auto", "json", "text"] = "auto"
+    """Log format; `auto` is JSON when stderr is not a terminal (a service manager, a container),
+    text otherwise.
+    """
 
     @field_validator(
         "jwt_algorithms",
