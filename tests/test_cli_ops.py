@@ -176,6 +176,9 @@ async def test_rooms_room_notice_kick_and_close_room(cluster: Cluster) -> None:
 
     missing = await run("room", room)
     assert (missing.returncode, missing.stderr.split(":")[1].strip()) == (1, "404")
+    # A room id may begin with "-"; after "--" it is an argument, not an option.
+    dashed = await run("room", "--", f"-{room}")
+    assert (dashed.returncode, dashed.stderr.split(":")[1].strip()) == (1, "404")
 
 
 def test_admin_commands_need_a_way_to_sign_and_a_server() -> None:

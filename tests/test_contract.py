@@ -18,6 +18,7 @@ import jwt
 import pytest
 from pydantic import TypeAdapter
 
+from second_brain_database.webrtc.connection_manager import new_peer_id
 from second_brain_database.webrtc.schemas import ServerMessage
 from tests.conftest import RESUME_TTL, start_shared_server
 from tests.peers import Peer, make_token
@@ -73,6 +74,9 @@ async def test_same_user_twice_gets_two_peer_ids(server: SbdServer) -> None:
     second = await Peer.join(server.ws_url, room, user="alice")
     assert first.peer_id != second.peer_id
     assert [p["peer_id"] for p in second.welcome["payload"]["participants"]] == [first.peer_id]
+    # Never mistaken for a command-line option when an operator copies one.
+    assert all(p.isalnum() and p.islower() for p in (first.peer_id, second.peer_id))
+    assert all(new_peer_id().isalnum() for _ in range(5000))
 
 
 # --- relay -------------------------------------------------------------------

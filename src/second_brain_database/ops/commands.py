@@ -26,7 +26,11 @@ def register(commands: Any) -> None:
     check.set_defaults(run=_check)
 
     def admin_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name,
+            help=help_text,
+            epilog="A room id that begins with '-' goes after '--': sbd room -- -standup",
+        )
         parser.add_argument(
             "--url",
             default=os.environ.get("SBD_ADMIN_URL", DEFAULT_URL),

@@ -16,6 +16,7 @@ of the peer's mailbox. docs/reliability.md describes the guarantees.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
@@ -61,6 +62,13 @@ FINAL_CLOSES = frozenset(
 )
 # Close codes that count as themselves in metrics; a client's own code is "other".
 _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
+
+
+def new_peer_id() -> str:
+    """80 random bits in lowercase base32: no leading ``-`` or ``_``, so a
+    peer id is never taken for an option when an operator passes it to
+    ``sbd kick`` or to any other command line."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
 
 
 class ConnectionManager:
@@ -122,7 +130,7 @@ class ConnectionManager:
         if resume_token is not None:
             peer_id, _, old_secret = resume_token.partition(".")
         else:
-            peer_id = secrets.token_urlsafe(12)
+            peer_id = new_peer_id()
         member = Member(peer_id, principal.user_id, principal.name)
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(room_id, member, principal, self.settings, time.monotonic())
