@@ -22,6 +22,7 @@ from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import Session, SessionState
 from second_brain_database.webrtc.transport import CLOSE_TIMEOUT_S, SignalingSocket
 
+JOIN_ECHO_TIMEOUT_S = 1.0
 _LIVE = SessionState.LIVE  # a global, not an attribute lookup, per delivered frame
 
 
@@ -59,6 +60,7 @@ class Connection:
         "barrier",
         "finished",
         "frames_out",
+        "joining",
         "session",
         "socket",
     )
@@ -73,6 +75,11 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self.frames_out = 0  # handed to the socket, the welcome included
+        # A fresh join until its own user-joined comes back on the room's
+        # channel: what the channel brings before that was published before
+        # the join, which the welcome already reflects (a peer it lists must
+        # not be announced again). ConnectionManager.deliver drops those.
+        self.joining = False
 
     def enqueue(self, frame: str) -> None:
         if self.session.state is not _LIVE:
@@ -99,9 +106,16 @@ class Connection:
             if not is_control(frame):
                 self.enqueue(frame)
         self._reader = asyncio.current_task()
+        if self.joining:
+            # Pub/Sub is at-most-once: should the echo of the join be lost,
+            # the gate opens anyway.
+            asyncio.get_running_loop().call_later(JOIN_ECHO_TIMEOUT_S, self.joined)
         self.schedule_expiry()
         if session.end is not None:
             raise session.end
+
+    def joined(self) -> None:
+        self.joining = False
 
     def schedule_expiry(self) -> None:
         """(Re-)arm the session's one timer (Session.next_check_in)."""

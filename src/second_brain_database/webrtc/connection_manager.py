@@ -112,7 +112,12 @@ class ConnectionManager:
             return
         for peer_id, connection in local.items():
             if not envelope.excludes(peer_id):
-                connection.enqueue(frame)
+                if not connection.joining:
+                    connection.enqueue(frame)
+            elif connection.joining:
+                # Excluded before its join, a peer can only be the sender of
+                # this envelope (away peers have joined): its own user-joined.
+                connection.joined()
 
     # --- one WebSocket session ------------------------------------------
 
@@ -135,6 +140,7 @@ class ConnectionManager:
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(room_id, member, principal, self.settings, time.monotonic())
         connection = Connection(socket, session)
+        connection.joining = resume_token is None
         try:
             if old_secret is not None:
                 # Verified before anything touches the session serving the

@@ -30,6 +30,7 @@ class RedisPubSub(PubSub):
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._local_sessions: dict[str, int] = defaultdict(int)
         self._listeners: dict[str, PubSubListener] = {}
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
 
     async def connect(self) -> None:
         if isinstance(self._redis, Redis):
@@ -67,12 +68,24 @@ class RedisPubSub(PubSub):
 
     async def subscribe(self, room_id: str) -> None:
         self._local_sessions[room_id] += 1
-        if self._local_sessions[room_id] > 1:
+        pending = self._subscribing.get(room_id)
+        if self._local_sessions[room_id] > 1 and pending is None:
             return
-        channel = RoomKeys.of(room_id).channel.encode()
         try:
-            await self._listener_for(channel).subscribe(channel)
-        except BrokerUnavailable:
+            if pending is not None:
+                # Another local session's subscription is on its way: a join
+                # before it is confirmed would miss what follows it.
+                await asyncio.shield(pending)
+                return
+            channel = RoomKeys.of(room_id).channel.encode()
+            pending = self._subscribing[room_id] = asyncio.ensure_future(
+                self._listener_for(channel).subscribe(channel)
+            )
+            try:
+                await asyncio.shield(pending)
+            finally:
+                del self._subscribing[room_id]
+        except (BrokerUnavailable, asyncio.CancelledError):
             await self.unsubscribe(room_id)
             raise
 
