@@ -1,0 +1,179 @@
+"""Webhooks end to end (issue 14.1): real `sbd serve` processes, a real
+receiver under uvicorn that verifies every signature with the
+``standardwebhooks`` package, real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+
+import pytest
+
+from tests.peers import Peer, eventually, make_token
+from tests.servers import RedisServer
+from tests.webhook_receiver import Receiver, running_receiver, webhook_env
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+_rooms = itertools.count()
+FAST = {
+    "SBD_RESUME_TTL": "1",
+    "SBD_PRESENCE_TTL": "1",
+    # The rate-limited peer is closed after a few dozen pings.
+    "SBD_RATE_LIMIT_PER_S": "5",
+    "SBD_RATE_LIMIT_BURST": "20",
+}
+
+
+def new_room() -> str:
+    return f"hooks-{next(_rooms)}"
+
+
+async def left(receiver: Receiver, room: str, peer_id: str, timeout: float = 10) -> None:
+    await eventually(
+        lambda: any(t == "participant.left" and p == peer_id for t, p, _ in receiver.of_room(room)),
+        timeout,
+    )
+
+
+async def every_reason(host_url: str, others_url: str, receiver: Receiver, room: str) -> list:
+    """Peers leave the room in every way but ``reaped``; returns the room's
+    events as they must arrive."""
+    host = await Peer.join(host_url, room, make_token("host", role="host"))
+    expected = [("room.started", "", ""), ("participant.joined", host.peer_id, "")]
+
+    async def peer(user: str, reason: str, gone: object, token: str | None = None) -> None:
+        p = await Peer.join(others_url, room, token or make_token(user))
+        expected.append(("participant.joined", p.peer_id, ""))
+        await gone(p)  # type: ignore[operator]
+        expected.append(("participant.left", p.peer_id, reason))
+        await left(receiver, room, p.peer_id)
+
+    async def leave(p: Peer) -> None:
+        await p.send({"type": "leave"})
+
+    async def kick(p: Peer) -> None:
+        await host.send({"type": "kick", "payload": {"peer_id": p.peer_id}})
+
+    async def expire(p: Peer) -> None:
+        await p.expect_close(timeout=5)
+
+    async def drop(p: Peer) -> None:
+        await p.ws.close(4000, "network change")
+
+    async def drop_then_kick(p: Peer) -> None:
+        await drop(p)
+        await asyncio.sleep(0.2)  # the peer is away: the kick removes it at once
+        await kick(p)
+
+    async def flood(p: Peer) -> None:
+        for _ in range(100):
+            await p.send({"type": "ping"})
+        assert (await p.expect_close())[0] == 4029
+
+    await peer("leaver", "leave", leave)
+    await peer("kicked", "kicked", kick)
+    await peer("expiring", "expired", expire, make_token("expiring", ttl=2))
+    await peer("dropper", "timeout", drop)
+    await peer("away", "kicked", drop_then_kick)
+    await peer("flooder", "closed", flood)
+    await host.send({"type": "leave"})
+    expected += [("participant.left", host.peer_id, "leave"), ("room.finished", "", "")]
+    return expected
+
+
+def assert_clean(receiver: Receiver) -> None:
+    assert receiver.forged == []
+    assert receiver.overlapped == []
+
+
+async def test_every_event_and_reason_on_the_embedded_broker(sbd_factory) -> None:
+    async with running_receiver() as receiver:
+        server = sbd_factory(webhook_env(receiver, **FAST))
+        room = new_room()
+        expected = await every_reason(server.ws_url, server.ws_url, receiver, room)
+        await eventually(lambda: len(receiver.of_room(room)) == len(expected), 10)
+        assert receiver.of_room(room) == expected
+        ids = [a.id for a in receiver.arrivals]
+        assert len(ids) == len(set(ids)), "an acknowledged event was sent again"
+        assert_clean(receiver)
+
+
+async def test_every_event_and_reason_on_two_instances(
+    sbd_factory, redis_server: RedisServer
+) -> None:
+    async with running_receiver() as receiver:
+        env = webhook_env(receiver, SBD_REDIS_URL=redis_server.url, **FAST)
+        a, b = sbd_factory(env), sbd_factory(env)
+        room = new_room()
+        expected = await every_reason(a.ws_url, b.ws_url, receiver, room)
+        await eventually(lambda: len(receiver.of_room(room)) == len(expected), 10)
+        await asyncio.sleep(0.5)  # a second delivery by the other instance would show now
+        assert receiver.of_room(room) == expected
+        ids = [a.id for a in receiver.arrivals]
+        assert len(ids) == len(set(ids)), "an event was delivered by both instances"
+        assert_clean(receiver)
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_a_failing_receiver_gets_retries_with_the_same_id_in_order(
+    sbd_factory, redis_server: RedisServer, broker: str
+) -> None:
+    async with running_receiver() as receiver:
+        receiver.fail_next = 3
+        extra = {"SBD_REDIS_URL": redis_server.url} if broker == "redis" else {}
+        server = sbd_factory(webhook_env(receiver, **extra))
+        room = new_room()
+        alice = await Peer.join(server.ws_url, room, user="alice")
+        await alice.send({"type": "leave"})
+        await eventually(lambda: len(receiver.of_room(room)) == 4, 15)
+        assert [t for t, _, _ in receiver.of_room(room)] == [
+            "room.started",
+            "participant.joined",
+            "participant.left",
+            "room.finished",
+        ]
+        attempts = [a.id for a in receiver.arrivals if a.event["data"]["room_id"] == room]
+        first = attempts[0]
+        # Three 500s, then the same event (same webhook-id) again, then the rest once each.
+        assert attempts[:4] == [first] * 4
+        assert [a.answered for a in receiver.arrivals[:4]] == [500, 500, 500, 200]
+        assert len(attempts) == 7
+        gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.arrivals[:4])]
+        assert gaps[0] < 2.0, "the first retry comes within 2 s"
+        assert gaps[1] > gaps[0] * 1.5, "retries back off"
+        assert_clean(receiver)
+
+
+async def test_events_survive_a_sigkill_of_the_instance_delivering_them(
+    sbd_factory, redis_server: RedisServer
+) -> None:
+    """The instance that serves the room and holds its delivery dies right
+    after a join and a leave: another instance takes the undelivered events
+    over (XAUTOCLAIM) and each arrives, in order."""
+    async with running_receiver() as receiver:
+        receiver.hold_s = 1.5  # the first event is mid-flight when the instance dies
+        env = webhook_env(receiver, SBD_REDIS_URL=redis_server.url, SBD_PRESENCE_TTL="1")
+        doomed = sbd_factory(env)
+        room = new_room()
+        stays = await Peer.join(doomed.ws_url, room, user="stays")
+        goes = await Peer.join(doomed.ws_url, room, user="goes")
+        await goes.send({"type": "leave"})
+        await goes.expect_close()
+        await eventually(lambda: len(receiver.arrivals) >= 1, 5)
+        survivor = sbd_factory(env)
+        doomed.stop(signal.SIGKILL)
+        receiver.hold_s = 0
+        expected = [
+            ("room.started", "", ""),
+            ("participant.joined", stays.peer_id, ""),
+            ("participant.joined", goes.peer_id, ""),
+            ("participant.left", goes.peer_id, "leave"),
+            ("participant.left", stays.peer_id, "reaped"),
+            ("room.finished", "", ""),
+        ]
+        await eventually(lambda: len(receiver.of_room(room)) == len(expected), 20)
+        assert receiver.of_room(room) == expected
+        assert survivor.is_ready()
+        assert_clean(receiver)
