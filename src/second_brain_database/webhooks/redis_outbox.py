@@ -191,9 +191,8 @@ class RedisOutbox(Outbox):
                 raise
         cursor: bytes | str = "0-0"
         while True:
-            # The raw reply (redis-py's parsing of JUSTID drops the cursor).
-            answer: Any = await self._redis.execute_command(
-                "XAUTOCLAIM", stream, group, self._instance_id, 0, cursor, "COUNT", 100, "JUSTID"
+            answer: Any = await self._redis.xautoclaim(
+                stream, group, self._instance_id, min_idle_time=0, start_id=cursor, count=100
             )
             cursor = answer[0]
             if _text(cursor) == "0-0":
