@@ -8,13 +8,16 @@ import asyncio
 import itertools
 import signal
 
+import httpx
 import pytest
 
 from tests.peers import Peer, eventually, make_token
-from tests.servers import RedisServer
-from tests.webhook_receiver import Receiver, running_receiver, webhook_env
+from tests.scrape import scrape, value
+from tests.servers import TEST_SECRET, RedisServer, free_port
+from tests.test_cli_ops import lines_of, sbd
+from tests.webhook_receiver import SECRET, Receiver, running_receiver, webhook_env
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 _rooms = itertools.count()
 FAST = {
@@ -177,3 +180,72 @@ async def test_events_survive_a_sigkill_of_the_instance_delivering_them(
         assert receiver.of_room(room) == expected
         assert survivor.is_ready()
         assert_clean(receiver)
+
+
+async def test_sbd_webhooks_shows_failures_and_redelivers_them(
+    sbd_factory, redis_server: RedisServer
+) -> None:
+    async with running_receiver() as receiver:
+        receiver.fail_next = 1_000_000
+        env = webhook_env(receiver, SBD_REDIS_URL=redis_server.url, SBD_WEBHOOK_RETRY_FOR_S="0.8")
+        server = sbd_factory(env)
+        cli_env = {"SBD_JWT_SECRET": TEST_SECRET, "SBD_ADMIN_URL": server.base_url}
+        room = new_room()
+        alice = await Peer.join(server.ws_url, room, user="alice")
+        await alice.send({"type": "leave"})
+        label = receiver.url.split("?")[0]
+
+        def given_up() -> float:
+            return value(scrape(server.base_url), "sbd_webhook_given_up_total", url=label)
+
+        await eventually(lambda: given_up() == 4, 15)
+        failed_ids = list(dict.fromkeys(a.id for a in receiver.arrivals))
+        assert len(failed_ids) == 4
+
+        shown = await asyncio.to_thread(sbd, "webhooks", env=cli_env)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].split() == ["URL", "PENDING", "FAILED"]
+        assert lines[1].split() == [label, "0", "4"]
+        assert "HTTP 500" in shown.stdout and failed_ids[-1] in shown.stdout
+        metrics_text = (await asyncio.to_thread(httpx.get, f"{server.base_url}/metrics")).text
+        assert "receiver-secret" not in metrics_text and room not in metrics_text
+        failed_attempts = value(
+            scrape(server.base_url), "sbd_webhook_failed_attempts_total", url=label
+        )
+        assert failed_attempts >= 8  # each event was retried before it was given up on
+
+        receiver.fail_next = 0
+        again = await asyncio.to_thread(sbd, "webhooks", "redeliver", env=cli_env)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == "queued 4 failed events again"
+        await eventually(lambda: len(receiver.of_room(room)) == 4, 10)
+        assert [e for e in receiver.delivered()] == [
+            a.event for a in receiver.arrivals if a.answered == 200
+        ]
+        assert [a.id for a in receiver.arrivals if a.answered == 200] == failed_ids
+        assert value(scrape(server.base_url), "sbd_webhook_delivered_total", url=label) == 4
+        after = await asyncio.to_thread(sbd, "webhooks", env=cli_env)
+        assert after.stdout.splitlines()[1].split() == [label, "0", "0"]
+        assert_clean(receiver)
+
+
+async def test_sbd_check_asks_each_webhook_url(redis_server: RedisServer) -> None:
+    async with running_receiver() as receiver:
+        dead = f"http://127.0.0.1:{free_port()}/gone"
+        env = {
+            "SBD_JWT_SECRET": TEST_SECRET,
+            "SBD_WEBHOOK_URLS": f"{receiver.url},{dead}",
+            "SBD_WEBHOOK_SECRET": SECRET,
+        }
+        result = await asyncio.to_thread(sbd, "check", "--no-probe-turn", env=env)
+        found = lines_of(result)["webhooks"]
+        assert found[0] == f"ok {receiver.url.split('?')[0]}: answers (HTTP 405)"
+        assert found[1].startswith(f"FAIL {dead}: no answer (ConnectError")
+        assert result.returncode == 1
+
+
+def test_serve_refuses_webhook_urls_without_a_secret() -> None:
+    result = sbd("serve", "--port", str(free_port()), env={"SBD_WEBHOOK_URLS": "http://x.test/"})
+    assert result.returncode == 2
+    assert "SBD_WEBHOOK_URLS is set but SBD_WEBHOOK_SECRET is not" in result.stderr

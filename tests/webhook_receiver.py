@@ -70,6 +70,9 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if scope["method"] != "POST":  # `sbd check` looking whether the URL answers
+            await _answer(send, 405)
+            return
         body = b""
         while True:
             message = await receive()
