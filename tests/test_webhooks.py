@@ -249,3 +249,36 @@ def test_serve_refuses_webhook_urls_without_a_secret() -> None:
     result = sbd("serve", "--port", str(free_port()), env={"SBD_WEBHOOK_URLS": "http://x.test/"})
     assert result.returncode == 2
     assert "SBD_WEBHOOK_URLS is set but SBD_WEBHOOK_SECRET is not" in result.stderr
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_a_receiver_that_was_down_gets_everything_in_order(
+    sbd_factory, redis_server: RedisServer, broker: str
+) -> None:
+    """Nothing listens on the URL while two rooms come and go; when the
+    receiver comes up, every event of each room arrives, in order."""
+    receiver = Receiver(free_port())
+    extra = {"SBD_REDIS_URL": redis_server.url} if broker == "redis" else {}
+    server = sbd_factory(webhook_env(receiver, **extra))
+    rooms = [new_room(), new_room()]
+    expected = {}
+    for room in rooms:
+        alice = await Peer.join(server.ws_url, room, user="alice")
+        bob = await Peer.join(server.ws_url, room, user="bob")
+        await bob.send({"type": "leave"})
+        await alice.send({"type": "leave"})
+        expected[room] = [
+            ("room.started", "", ""),
+            ("participant.joined", alice.peer_id, ""),
+            ("participant.joined", bob.peer_id, ""),
+            ("participant.left", bob.peer_id, "leave"),
+            ("participant.left", alice.peer_id, "leave"),
+            ("room.finished", "", ""),
+        ]
+    await asyncio.sleep(2)  # several refused attempts, backing off
+    async with running_receiver(receiver):
+        await eventually(lambda: all(len(receiver.of_room(r)) == 6 for r in rooms), 10)
+        assert {room: receiver.of_room(room) for room in rooms} == expected
+        ids = [a.id for a in receiver.arrivals]
+        assert len(ids) == len(set(ids)) == 12
+        assert_clean(receiver)

@@ -109,8 +109,9 @@ async def _answer(send: Any, status: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver(free_port())
+async def running_receiver(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
+    """Serve ``receiver`` (a new one on a free port by default) until the block ends."""
+    receiver = receiver or Receiver(free_port())
     config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -146,8 +146,15 @@ class RedisOutbox(Outbox):
     async def claim(self, limit: int) -> list[str]:
         if time.monotonic() - self._swept_at >= SWEEP_EVERY_S:
             await self._sweep()
-        rooms = await self._index("CLAIM", [self._instance_id, self._claim_ms, limit])
-        return [_text(room) for room in rooms]
+        rooms = [
+            _text(room)
+            for room in await self._index("CLAIM", [self._instance_id, self._claim_ms, limit])
+        ]
+        # Another instance may have held these since we last did: take over
+        # its pending entries again before reading.
+        claimed = set(rooms)
+        self._prepared = {prepared for prepared in self._prepared if prepared[0] not in claimed}
+        return rooms
 
     async def _sweep(self) -> None:
         """Index every room stream (events whose index entry an instance
