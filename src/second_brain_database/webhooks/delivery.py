@@ -63,12 +63,19 @@ class WebhookDelivery:
         self._loop = asyncio.create_task(self._run(), name="sbd-webhooks")
 
     async def stop(self) -> None:
+        """Stop sending. With Redis, the rooms this instance held become
+        claimable at once (their unacknowledged entries stay pending, taken
+        over by the next holder) instead of when the claims run out."""
+        held = list(self._rooms)
         tasks = [*self._rooms.values(), *([self._loop] if self._loop else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for room_id in held:
+            with contextlib.suppress(*_BACKEND_ERRORS):
+                await self.outbox.release(room_id, self.endpoints)
         await self._client.aclose()
 
     async def _run(self) -> None:
