@@ -18,6 +18,7 @@ from. docs/architecture.md ("Webhook outbox") says why it is laid out so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -139,6 +140,7 @@ class RedisOutbox(Outbox):
         self._prepared: set[tuple[str, str]] = set()
         """(room, group) whose group exists and whose dead consumers' entries are ours."""
         self._swept_at = 0.0
+        self._work = asyncio.Event()
 
     async def _index(self, script: str, args: list[Any]) -> Any:
         return await self._scripts[script](keys=[WEBHOOK_ROOMS_KEY, WEBHOOK_HOLDERS_KEY], args=args)
@@ -278,8 +280,15 @@ class RedisOutbox(Outbox):
             await self._redis.zadd(WEBHOOK_ROOMS_KEY, {failed.room_id: 0}, nx=True)
         return len(chosen)
 
+    def written(self) -> None:
+        """This instance wrote events: look for rooms now rather than at the
+        next poll (rooms written by other instances are found by polling)."""
+        self._work.set()
+
     async def wait_for_work(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+        self._work.clear()
 
 
 def _pending(ref: str, fields: dict[bytes, bytes]) -> Pending:

@@ -78,15 +78,14 @@ class RedisRoomStore(RoomStore):
         resume_ttl: float,
         webhooks: bool = False,
     ) -> None:
-        outbox = (
+        # Room changes write webhook events when SBD_WEBHOOK_URLS is set.
+        self._outbox = (
             RedisOutbox(redis, instance_id=instance_id, claim_ttl=presence_ttl)
             if webhooks
             else None
         )
-        super().__init__(resume_ttl=resume_ttl, outbox=outbox)
+        super().__init__(resume_ttl=resume_ttl, outbox=self._outbox)
         self.instance_id = instance_id
-        self._webhooks = webhooks
-        """Whether room changes write webhook events (SBD_WEBHOOK_URLS is set)."""
         self._redis: Redis | RedisCluster = redis.client
         # Sharded Pub/Sub on a Cluster: a room's messages stay on the shard
         # that owns its hash slot instead of being copied to every node.
@@ -163,13 +162,13 @@ class RedisRoomStore(RoomStore):
 
     def _joined_events(self, room_id: str, member: Member) -> list[str | bytes]:
         """room.started (written only if the room was empty) and participant.joined."""
-        if not self._webhooks:
+        if self._outbox is None:
             return _NO_EVENT * 2
         return _event_args(events.room_started(room_id), events.participant_joined(room_id, member))
 
     def _left_events(self, room_id: str, member: Member, reason: LeaveReason) -> list[str | bytes]:
         """participant.left and room.finished (written only if the room is then empty)."""
-        if not self._webhooks:
+        if self._outbox is None:
             return _NO_EVENT * 2
         left = events.participant_left(room_id, member, reason)
         return _event_args(left, events.room_finished(room_id))
@@ -178,9 +177,10 @@ class RedisRoomStore(RoomStore):
         """Tell deliverers the room has events. Not atomic with the script
         (the index is in another slot on a Cluster): an instance that dies in
         between leaves the events to the outbox's sweep (docs/webhooks.md)."""
-        if self._webhooks:
+        if self._outbox is not None:
             with contextlib.suppress(BrokerUnavailable):
                 await self.command("ZADD", WEBHOOK_ROOMS_KEY, "NX", 0, room_id)
+            self._outbox.written()
 
     async def set_policy(
         self,
