@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "asgi",
         "ceiling",
         "instr",
+        "webhooks",
         "-h",
         "--help",
     ):

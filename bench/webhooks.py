@@ -114,14 +114,16 @@ class RelayProbe:
                 await ws.close()
 
     async def _loop(self, a: Any, b: Any, b_id: str) -> None:
-        offer = orjson.dumps({"type": "offer", "to": b_id, "payload": {"sdp": "v=0\r\n" * 40}})
+        # Text frames (str): the server refuses binary ones.
+        offer = orjson.dumps(
+            {"type": "offer", "to": b_id, "payload": {"type": "offer", "sdp": "v=0\r\n" * 40}}
+        ).decode()
+        answer = {"type": "answer", "to": "", "payload": {"type": "answer", "sdp": "v=0"}}
         while True:
             start = time.perf_counter()
             await a.send(offer)
-            frame = orjson.loads(await b.recv())
-            await b.send(
-                orjson.dumps({"type": "answer", "to": frame["from"], "payload": {"sdp": "v=0"}})
-            )
+            answer["to"] = orjson.loads(await b.recv())["from"]
+            await b.send(orjson.dumps(answer).decode())
             while orjson.loads(await a.recv())["type"] != "answer":
                 pass
             self.samples.append((time.time(), (time.perf_counter() - start) / 2))
