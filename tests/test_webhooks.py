@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from redis.cluster import RedisCluster
 
 from tests.peers import Peer, eventually, make_token
 from tests.scrape import scrape, value
-from tests.servers import TEST_SECRET, RedisServer, free_port
+from tests.servers import TEST_SECRET, RedisClusterServers, RedisServer, free_port
 from tests.test_cli_ops import lines_of, sbd
+from tests.test_cluster import rooms_on_every_shard
 from tests.webhook_receiver import SECRET, Receiver, running_receiver, webhook_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -281,4 +284,41 @@ async def test_a_receiver_that_was_down_gets_everything_in_order(
         assert {room: receiver.of_room(room) for room in rooms} == expected
         ids = [a.id for a in receiver.arrivals]
         assert len(ids) == len(set(ids)) == 12
+        assert_clean(receiver)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_webhooks_on_a_redis_cluster(sbd_factory, redis_cluster: RedisClusterServers) -> None:
+    """Rooms on every shard: each script writes to its room's stream in the
+    room's slot; each event arrives once, in order, from two instances."""
+    async with running_receiver() as receiver:
+        env = webhook_env(receiver, SBD_REDIS_URL=redis_cluster.url)
+        a, b = sbd_factory(env), sbd_factory(env)
+        rooms = rooms_on_every_shard(RedisCluster.from_url(redis_cluster.url))
+        expected = {}
+        for room in rooms:
+            alice = await Peer.join(a.ws_url, room, user="alice")
+            bob = await Peer.join(b.ws_url, room, user="bob")
+            await alice.send({"type": "leave"})
+            await bob.expect("user-left")
+            await bob.send({"type": "leave"})
+            expected[room] = [
+                ("room.started", "", ""),
+                ("participant.joined", alice.peer_id, ""),
+                ("participant.joined", bob.peer_id, ""),
+                ("participant.left", alice.peer_id, "leave"),
+                ("participant.left", bob.peer_id, "leave"),
+                ("room.finished", "", ""),
+            ]
+        await eventually(lambda: all(len(receiver.of_room(r)) == 6 for r in rooms), 10)
+        await asyncio.sleep(0.5)  # a second delivery by the other instance would show now
+        assert {room: receiver.of_room(room) for room in rooms} == expected
+        ids = [arrival.id for arrival in receiver.arrivals]
+        assert len(ids) == len(set(ids)) == 6 * len(rooms)
         assert_clean(receiver)
