@@ -95,6 +95,8 @@ class WebhookDelivery:
                 self._report_ages()
             except _BACKEND_ERRORS as exc:
                 logger.warning("webhook outbox unavailable: %s", exc)
+            except Exception:  # the loop must outlive any one failure
+                logger.exception("webhook outbox pass failed")
             if len(self._rooms) >= MAX_ROOMS:
                 await asyncio.sleep(POLL_S)
             else:
