@@ -248,10 +248,17 @@ async def test_sbd_check_asks_each_webhook_url(redis_server: RedisServer) -> Non
         assert result.returncode == 1
 
 
-def test_serve_refuses_webhook_urls_without_a_secret() -> None:
-    result = sbd("serve", "--port", str(free_port()), env={"SBD_WEBHOOK_URLS": "http://x.test/"})
+def test_serve_refuses_webhook_urls_without_a_good_secret() -> None:
+    port = str(free_port())
+    result = sbd("serve", "--port", port, env={"SBD_WEBHOOK_URLS": "http://x.test/"})
     assert result.returncode == 2
     assert "SBD_WEBHOOK_URLS is set but SBD_WEBHOOK_SECRET is not" in result.stderr
+    short = "whsec_c2hvcnQgc2VjcmV0"  # 12 bytes
+    env = {"SBD_WEBHOOK_URLS": "http://x.test/", "SBD_WEBHOOK_SECRET": short}
+    result = sbd("serve", "--port", port, env=env)
+    assert result.returncode == 2
+    assert "SBD_WEBHOOK_SECRET: Value error, SBD_WEBHOOK_SECRET decodes to 12" in result.stderr
+    assert "c2hvcnQgc2VjcmV0" not in result.stderr  # never the secret itself
 
 
 @pytest.mark.parametrize("broker", ["memory", "redis"])
