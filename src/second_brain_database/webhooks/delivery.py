@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 """An attempt not answered within this is failed (the contract's 10 s)."""
+MAX_ANSWER_BYTES = 65_536
+"""Of a receiver's answer, read at most this much (then the connection is dropped)."""
 MAX_ROOMS = 1024
 """Rooms one instance delivers at once; more wait in the outbox."""
 POLL_S = 0.25
@@ -172,21 +174,31 @@ class WebhookDelivery:
             delay = min(delay * 2, self._retry_max)
 
     async def _attempt(self, endpoint: Endpoint, pending: Pending) -> str | None:
-        """One signed POST; None when acknowledged, else what went wrong."""
+        """One signed POST; None when acknowledged, else what went wrong.
+        The whole exchange gets TIMEOUT_S (httpx's timeout is per phase, so a
+        receiver trickling bytes could hold it longer), and at most
+        MAX_ANSWER_BYTES of the answer are read: only its status matters."""
         event = pending.event
         async with self._slots:
             headers = signing.headers(self._key, event.id, int(time.time()), event.body)
             try:
-                response = await self._client.post(
-                    endpoint.url, content=event.body, headers=headers
-                )
-            except httpx.TimeoutException:
+                async with asyncio.timeout(TIMEOUT_S):
+                    async with self._client.stream(
+                        "POST", endpoint.url, content=event.body, headers=headers
+                    ) as response:
+                        status = response.status_code
+                        read = 0
+                        async for chunk in response.aiter_raw():
+                            read += len(chunk)
+                            if read > MAX_ANSWER_BYTES:
+                                break
+            except (TimeoutError, httpx.TimeoutException):
                 return f"no answer within {TIMEOUT_S:.0f} s"
             except httpx.HTTPError as exc:
                 return f"{type(exc).__name__}: {exc}"[:300]
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
     def _report_ages(self) -> None:
         now = time.time()
