@@ -170,6 +170,18 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bench import webhooks
+
+    procs.raise_nofile()
+    text = asyncio.run(webhooks.run(quick=args.quick))
+    print(text)
+    _save_section("webhooks", text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -192,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-write", action="store_true", help="keep BENCHMARKS.md as it is")
     run.add_argument("--out", default=str(DEFAULT_OUT))
     run.set_defaults(func=cmd_run)
+    hooks = sub.add_parser(
+        "webhooks", help="leave-to-webhook latency, and the 2,000-peer flood (issue 14)"
+    )
+    hooks.add_argument("--quick", action="store_true", help="20 peers, a flood of 200")
+    hooks.set_defaults(func=cmd_webhooks)
     rep = sub.add_parser("report", help="re-render BENCHMARKS.md from a results file")
     rep.add_argument("results")
     rep.add_argument("--add", action="append", help="merge another results JSON (asgi, profile)")
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "asgi",
         "ceiling",
         "instr",
+        "webhooks",
         "-h",
         "--help",
     ):

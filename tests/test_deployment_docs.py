@@ -19,7 +19,9 @@ EXERCISED = {
     "nginx": "tests/edge.py Nginx.test_config (nginx -t -c)",
     "turnserver": "tests/edge.py Coturn.start (turnserver -c)",
 }
-SBD_SUBCOMMANDS_RUN_BY_TESTS = {"check", "serve", "rooms", "room", "notice", "kick", "close-room"}
+SBD_SUBCOMMANDS_RUN_BY_TESTS = {
+    "check", "serve", "rooms", "room", "notice", "kick", "close-room", "webhooks"
+}  # fmt: skip
 # Read by the CLI, not by Settings.
 CLI_VARIABLES = {"SBD_ADMIN_URL", "SBD_ADMIN_TOKEN"}
 

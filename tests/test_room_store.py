@@ -25,6 +25,8 @@ import pytest
 
 from second_brain_database.config import Settings
 from second_brain_database.redis_clients import RedisClients, connect_redis
+from second_brain_database.webhooks.events import LeaveReason
+from second_brain_database.webhooks.outbox import Endpoint
 from second_brain_database.webrtc.broker import (
     Envelope,
     Member,
@@ -43,6 +45,7 @@ PEER = Member("peer", "alice", "Alice")
 OTHER = Member("other", "bob", "Bob")
 SECRET, NEW_SECRET = "secret-1", "secret-2"
 O1, O2 = "owner-1", "owner-2"
+HOOK_SECRET = "whsec_" + "A" * 40
 
 
 @dataclass
@@ -89,9 +92,22 @@ def resume_ttl() -> float:
     return 30.0
 
 
+@pytest.fixture
+def webhook_urls() -> list[str]:
+    return []
+
+
 @pytest.fixture(params=["memory", "redis"])
-async def room(request: pytest.FixtureRequest, resume_ttl: float) -> AsyncIterator[Room]:
-    settings = Settings(jwt_secret="x" * 32, resume_ttl=resume_ttl, presence_ttl=30)
+async def room(
+    request: pytest.FixtureRequest, resume_ttl: float, webhook_urls: list[str]
+) -> AsyncIterator[Room]:
+    settings = Settings(
+        jwt_secret="x" * 32,
+        resume_ttl=resume_ttl,
+        presence_ttl=30,
+        webhook_urls=webhook_urls,
+        webhook_secret=HOOK_SECRET if webhook_urls else None,
+    )
     redis: RedisClients | None = None
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
@@ -324,3 +340,50 @@ async def test_a_join_that_cannot_be_announced_changes_nothing(room: Room) -> No
     assert await room.store.participants(room.room_id) == []
     assert await room.store.join(room.room_id, PEER, O1, 16, SECRET) == []
     assert [p.peer_id for p in await room.store.participants(room.room_id)] == [PEER.peer_id]
+
+
+async def drain_events(room: Room) -> list[tuple[str, str, str]]:
+    """(type, peer_id, reason) of the room's events in the store's outbox, in order."""
+    outbox = room.store.outbox
+    assert outbox is not None
+    endpoint = Endpoint.of("http://receiver.test/hook")
+    assert room.room_id in await outbox.claim(100)
+    found = []
+    while (pending := await outbox.next(room.room_id, endpoint)) is not None:
+        data = orjson.loads(pending.event.body)["data"]
+        assert data["room_id"] == room.room_id
+        found.append((pending.event.type, data.get("peer_id", ""), data.get("reason", "")))
+        await outbox.ack(room.room_id, endpoint, pending)
+    await outbox.release(room.room_id, [endpoint])
+    return found
+
+
+@pytest.mark.parametrize("webhook_urls", [["http://receiver.test/hook"]])
+@pytest.mark.parametrize("resume_ttl", [0.6])
+async def test_room_changes_write_their_webhook_events_in_order(room: Room) -> None:
+    """The events of the transitions (docs/architecture.md), both stores alike:
+    refused joins and resumed drops write none."""
+    store, room_id = room.store, room.room_id
+    await store.join(room_id, PEER, O1, 2, SECRET)
+    await store.join(room_id, OTHER, O2, 2, "s")
+    with pytest.raises(RoomFull):
+        await store.join(room_id, Member("third", "carol", "Carol"), "o3", 2, "s")
+    assert await store.away(room_id, PEER, O1)
+    await store.release(room_id, PEER, [])
+    await store.resume(room_id, PEER.peer_id, PEER.user_id, SECRET, "o4", NEW_SECRET)
+    assert await store.leave(room_id, PEER, "o4", LeaveReason.EXPIRED)
+    assert not await store.leave(room_id, PEER, "o4", LeaveReason.EXPIRED)
+    assert await store.away(room_id, OTHER, O2)
+    await store.release(room_id, OTHER, [])
+    room.heard.clear()
+    assert await room.published(announced("user-left"), within=5.0)  # the window ran out
+    assert await drain_events(room) == [
+        ("room.started", "", ""),
+        ("participant.joined", PEER.peer_id, ""),
+        ("participant.joined", OTHER.peer_id, ""),
+        ("participant.left", PEER.peer_id, "expired"),
+        ("participant.left", OTHER.peer_id, "timeout"),
+        ("room.finished", "", ""),
+    ]
+    # Delivered and released: nothing is left to claim.
+    assert room.room_id not in await room.store.outbox.claim(100)  # type: ignore[union-attr]

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from second_brain_database.config import get_settings
 from second_brain_database.ops import commands as ops_commands
 
@@ -21,6 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.run(args)
+    except ValidationError as exc:
+        # Each setting that is wrong and why, never the values (secrets).
+        for error in exc.errors(include_url=False, include_input=False):
+            field = "SBD_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"sbd: {field if error['loc'] else 'settings'}: {error['msg']}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"sbd: {exc}", file=sys.stderr)
         return 2

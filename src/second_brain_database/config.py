@@ -6,6 +6,8 @@ The names, meanings and defaults are fixed by the contract (PROTOCOL.md,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import secrets
 from functools import lru_cache
@@ -157,6 +159,26 @@ class Settings(BaseSettings):
         "at once; connections past it are aborted on arrival.",
     )
 
+    webhook_urls: CommaList = []
+    """Comma-separated URLs that receive room events, signed as Standard Webhooks
+    (docs/webhooks.md). Unset: no webhooks.
+    """
+    webhook_secret: str | None = None
+    """Standard Webhooks signing secret, `whsec_<base64 of at least 24 bytes>`; required when
+    `SBD_WEBHOOK_URLS` is set.
+    """
+    webhook_retry_initial_s: float = Field(default=1.0, gt=0, le=2)
+    """Seconds before the first retry of an event a URL did not acknowledge; each retry waits
+    twice as long as the one before, up to `SBD_WEBHOOK_RETRY_MAX_S`.
+    """
+    webhook_retry_max_s: float = Field(default=60.0, gt=0, le=60)
+    """Most seconds between two attempts of one event."""
+    webhook_retry_for_s: float = Field(default=86_400.0, gt=0)
+    """Seconds an event is retried before it is given up on (kept for `sbd webhooks
+    redeliver`). The contract asks for at least 24 hours; lower only in tests.
+    """
+    webhook_concurrency: int = Field(default=32, gt=0)
+    """Webhook requests in flight at once, per instance."""
     database_path: Path = Path("./sbd.sqlite3")
     """SQLite file of password logins (`sbd users`)."""
     instance_id: str = Field(default_factory=lambda: secrets.token_hex(6))
@@ -175,6 +197,7 @@ class Settings(BaseSettings):
         "turn_urls",
         "allowed_origins",
         "redis_sentinels",
+        "webhook_urls",
         mode="before",
     )
     @classmethod
@@ -192,6 +215,7 @@ class Settings(BaseSettings):
         "jwt_jwks_url",
         "jwt_issuer",
         "jwt_audience",
+        "webhook_secret",
         mode="before",
     )
     @classmethod
@@ -206,6 +230,31 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"a Sentinel is host:port, not {address!r}")
         return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"a webhook URL is http(s)://host/..., not {url!r}")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        if value is not None:
+            webhook_key(value)  # raises ValueError with what is wrong
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_secret_with_urls(self) -> Settings:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError(
+                "SBD_WEBHOOK_URLS is set but SBD_WEBHOOK_SECRET is not: webhooks are signed; "
+                "set SBD_WEBHOOK_SECRET to whsec_<base64 of at least 24 random bytes>"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_redis_password(self) -> Settings:
@@ -232,6 +281,26 @@ class Settings(BaseSettings):
                 "Tokens will not survive a restart and other instances cannot verify them."
             )
         return self.jwt_secret
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_MIN_BYTES = 24
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError("SBD_WEBHOOK_SECRET must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError("SBD_WEBHOOK_SECRET: the part after whsec_ is not base64") from None
+    if len(key) < WEBHOOK_SECRET_MIN_BYTES:
+        raise ValueError(
+            f"SBD_WEBHOOK_SECRET decodes to {len(key)} bytes; use at least "
+            f"{WEBHOOK_SECRET_MIN_BYTES} random bytes"
+        )
+    return key
 
 
 @lru_cache(maxsize=1)

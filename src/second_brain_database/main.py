@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from second_brain_database import health
 from second_brain_database.auth import router as auth_router
 from second_brain_database.observability import ObservabilityMiddleware
+from second_brain_database.webhooks import admin_route as webhooks_admin
 from second_brain_database.webrtc import admin, asyncapi
 from second_brain_database.webrtc import router as webrtc_router
 from second_brain_database.webrtc.service import signaling_lifespan
@@ -44,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(auth_router.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(webhooks_admin.router)
     app.include_router(asyncapi.router)
     app.add_middleware(ObservabilityMiddleware)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

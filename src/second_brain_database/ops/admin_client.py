@@ -1,5 +1,5 @@
 """The admin API from the command line (``sbd rooms``, ``sbd room``, ``sbd kick``,
-``sbd notice``, ``sbd close-room``).
+``sbd notice``, ``sbd close-room``, ``sbd webhooks``).
 
 The commands talk to a running instance over HTTP, so they see every
 instance's rooms (through Redis) and every action is audit-logged by the
@@ -11,6 +11,7 @@ host's ``SBD_JWT_SECRET`` unless given one (``--token`` or
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -56,6 +57,12 @@ class AdminClient:
     def notice(self, room_id: str, message: str, level: str = "info") -> dict[str, Any]:
         body = {"message": message, "level": level}
         return self._call("POST", f"/rooms/{quote(room_id, safe='')}/notices", body)
+
+    def webhooks(self) -> dict[str, Any]:
+        return self._call("GET", "/webhooks")
+
+    def redeliver_webhooks(self, event_id: str | None) -> dict[str, Any]:
+        return self._call("POST", "/webhooks/redeliver", {"event_id": event_id})
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -111,4 +118,20 @@ def format_room(room: dict[str, Any]) -> str:
         "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row))
         for row in rows
     ]
+    return "\n".join(lines)
+
+
+def format_webhooks(status: dict[str, Any]) -> str:
+    endpoints = status["endpoints"]
+    width = max(len("URL"), *(len(e["url"]) for e in endpoints))
+    lines = [f"{'URL':<{width}}  PENDING  FAILED"]
+    lines += [f"{e['url']:<{width}}  {e['pending']:>7}  {e['failed']:>6}" for e in endpoints]
+    errors = status["last_errors"]
+    lines.append("last errors:" if errors else "no failed attempts")
+    for error in errors[:10]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(error["at"]))
+        lines.append(
+            f"  {at}Z  {error['url']}  {error['type']} {error['event_id']}"
+            f" (room {error['room_id']}): {error['error']}"
+        )
     return "\n".join(lines)

@@ -38,6 +38,7 @@ def run_checks(settings: Settings, *, probe_turn: bool = True) -> list[Finding]:
         *_stun(settings),
         *_turn(settings, probe_turn),
         *_service(settings),
+        *_webhooks(settings),
     ]
     return findings
 
@@ -237,3 +238,18 @@ def _service(settings: Settings) -> Iterator[Finding]:
         yield Finding(
             "warn", "origins", "SBD_ALLOWED_ORIGINS is unset: any web page may open the WebSocket"
         )
+
+
+def _webhooks(settings: Settings) -> Iterator[Finding]:
+    """Each webhook URL answers HTTP (any status: a receiver may refuse a
+    request that is not a signed event, but it is there)."""
+    import httpx
+
+    for url in settings.webhook_urls:
+        shown = safe_url(url.split("?", 1)[0])
+        try:
+            answer = httpx.get(url, timeout=5)
+        except httpx.HTTPError as exc:
+            yield Finding("FAIL", "webhooks", f"{shown}: no answer ({type(exc).__name__}: {exc})")
+        else:
+            yield Finding("ok", "webhooks", f"{shown}: answers (HTTP {answer.status_code})")

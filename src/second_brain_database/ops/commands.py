@@ -1,5 +1,5 @@
 """Operator subcommands of ``sbd``: ``check``, ``rooms``, ``room``, ``kick``,
-``notice`` and ``close-room``."""
+``notice``, ``close-room`` and ``webhooks``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def register(commands: Any) -> None:
     close = admin_parser("close-room", "kick every peer of a room")
     close.add_argument("room")
     close.set_defaults(run=_close_room)
+
+    webhooks = admin_parser(
+        "webhooks", "webhook events waiting and failed per URL, the last errors; redeliver"
+    )
+    webhooks.add_argument("action", nargs="?", choices=["status", "redeliver"], default="status")
+    webhooks.add_argument(
+        "--id", dest="event_id", help="redeliver only this failed event (its webhook-id)"
+    )
+    webhooks.set_defaults(run=_webhooks)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -142,6 +151,18 @@ def _notice(args: argparse.Namespace) -> int:
         return f"notice sent to {sent['participants']} peers in {args.room}"
 
     return _admin(args, notice)
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from second_brain_database.ops.admin_client import format_webhooks
+
+    def webhooks(client: Any) -> str:
+        if args.action == "redeliver":
+            count = client.redeliver_webhooks(args.event_id)["redelivered"]
+            return f"queued {count} failed event{'s' * (count != 1)} again"
+        return format_webhooks(client.webhooks())
+
+    return _admin(args, webhooks)
 
 
 def _close_room(args: argparse.Namespace) -> int:

@@ -258,7 +258,9 @@ class ConnectionManager:
         await connection.stop_writing()
         try:
             if end.code in FINAL_CLOSES or self.rooms.resume_ttl <= 0:
-                await self.rooms.leave(session.room_id, session.member, session.owner)
+                await self.rooms.leave(
+                    session.room_id, session.member, session.owner, end.departure
+                )
                 return
             if not await self.rooms.away(session.room_id, session.member, session.owner):
                 return  # another session serves the peer now

@@ -20,6 +20,7 @@ from second_brain_database.auth.service import AuthService
 from second_brain_database.config import Settings, get_settings
 from second_brain_database.limits.admission import Admission
 from second_brain_database.redis_clients import RedisClients, connect_redis
+from second_brain_database.webhooks.delivery import WebhookDelivery
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker import PubSub, RoomStore, create_backends
 from second_brain_database.webrtc.connection_manager import ConnectionManager
@@ -37,6 +38,7 @@ class SignalingService:
     rooms: RoomStore
     manager: ConnectionManager
     admission: Admission
+    webhooks: WebhookDelivery | None
     draining: bool = False
     _metrics_flusher: asyncio.Task[None] | None = None
 
@@ -53,6 +55,11 @@ class SignalingService:
             rooms=rooms,
             manager=ConnectionManager(pubsub, rooms, auth.tokens, settings),
             admission=Admission.build(settings, redis),
+            webhooks=(
+                WebhookDelivery(rooms.outbox, settings, claim_ttl=settings.presence_ttl)
+                if rooms.outbox is not None
+                else None
+            ),
         )
 
     async def start(self) -> None:
@@ -60,6 +67,8 @@ class SignalingService:
         await self.pubsub.connect()
         await self.auth.start()
         await self.admission.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         self._metrics_flusher = asyncio.create_task(
             metrics.flush_periodically(), name="sbd-metrics-flush"
         )
@@ -79,6 +88,10 @@ class SignalingService:
     async def stop(self) -> None:
         self.draining = True
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        if self.webhooks is not None:
+            # Events not yet sent stay in Redis for another instance (or
+            # are lost with the embedded broker, as the contract says).
+            await self.webhooks.stop()
         await self.pubsub.disconnect()
         await self.rooms.disconnect()
         await self.admission.aclose()

@@ -19,6 +19,7 @@ import orjson
 from second_brain_database.auth.tokens import Principal
 from second_brain_database.config import Settings
 from second_brain_database.limits.token_bucket import TokenBucket
+from second_brain_database.webhooks.events import LeaveReason
 from second_brain_database.webrtc import metrics, server_frames
 from second_brain_database.webrtc.actions import (
     Action,
@@ -74,12 +75,15 @@ class SessionState(Enum):
 
 
 class SessionEnded(Exception):
-    """Why a session ended: the close code and reason it is closed with."""
+    """Why a session ended: the close code and reason it is closed with, and
+    (should the peer be gone for good) the ``participant.left`` reason."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, departure: LeaveReason | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        # Only a ``leave`` frame is a leave; a close, even 1000, is "closed".
+        self.departure = departure or LeaveReason.CLOSED
 
 
 class TooBig:
@@ -156,10 +160,10 @@ class Session:
 
     # --- state ------------------------------------------------------------
 
-    def finish(self, code: int, reason: str) -> SessionEnded:
+    def finish(self, code: int, reason: str, departure: LeaveReason | None = None) -> SessionEnded:
         """Record why the session ends (the first reason wins) and return it."""
         if self.end is None:
-            self.end = SessionEnded(code, reason)
+            self.end = SessionEnded(code, reason, departure)
             if self.state is not SessionState.STOPPED:
                 self.state = SessionState.ENDING
         return self.end
@@ -207,7 +211,7 @@ class Session:
             envelope = server_frames.relayed(frame.type, self.member, None, media)
             return [SetMedia(orjson.dumps(media), envelope)]
         if isinstance(frame, LeaveMessage):
-            return [self._close(CloseCode.NORMAL, "left")]
+            return [self._close(CloseCode.NORMAL, "left", LeaveReason.LEAVE)]
         if isinstance(frame, RefreshMessage):
             return [VerifyRefresh(frame.payload.token, frame.id)]
         if isinstance(frame, KickMessage):
@@ -241,7 +245,8 @@ class Session:
         if self.end is not None:
             return []
         if control.kind is ControlKind.KICK:
-            return [self._close(CloseCode.UNAUTHORIZED, "removed from the room by a host")]
+            why = "removed from the room by a host"
+            return [self._close(CloseCode.UNAUTHORIZED, why, LeaveReason.KICKED)]
         if control.owner != self.owner:  # REPLACED by another session
             return [
                 self._close(CloseCode.SESSION_REPLACED, "session resumed on another connection")
@@ -263,11 +268,11 @@ class Session:
         if self.end is not None:
             return []
         if self.principal.expires_at <= wall:
-            return [self._close(CloseCode.UNAUTHORIZED, "token expired")]
+            return [self._close(CloseCode.UNAUTHORIZED, "token expired", LeaveReason.EXPIRED)]
         if monotonic - self.last_message >= self.idle_timeout:
             return [self._close(CloseCode.IDLE, "no message received for too long")]
         return []
 
-    def _close(self, code: int, reason: str) -> Close:
-        ended = self.finish(code, reason)
+    def _close(self, code: int, reason: str, departure: LeaveReason | None = None) -> Close:
+        ended = self.finish(code, reason, departure)
         return Close(ended.code, ended.reason)

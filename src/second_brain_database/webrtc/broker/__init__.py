@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from second_brain_database.config import Settings
 from second_brain_database.redis_clients import RedisClients
+from second_brain_database.webhooks.memory_outbox import MemoryOutbox
 from second_brain_database.webrtc.broker.memory_pubsub import MemoryPubSub
 from second_brain_database.webrtc.broker.memory_rooms import MemoryRoomStore
 from second_brain_database.webrtc.broker.model import (
@@ -51,13 +52,18 @@ __all__ = [
 
 
 def create_backends(settings: Settings, redis: RedisClients | None) -> tuple[PubSub, RoomStore]:
+    """The pub/sub and room store; the store writes webhook events (to its
+    ``outbox``) when ``SBD_WEBHOOK_URLS`` is set."""
+    webhooks = bool(settings.webhook_urls)
     if redis is None:
         pubsub = MemoryPubSub()
-        return pubsub, MemoryRoomStore(pubsub, resume_ttl=settings.resume_ttl)
+        outbox = MemoryOutbox() if webhooks else None
+        return pubsub, MemoryRoomStore(pubsub, resume_ttl=settings.resume_ttl, outbox=outbox)
     store = RedisRoomStore(
         redis,
         instance_id=settings.instance_id,
         presence_ttl=settings.presence_ttl,
         resume_ttl=settings.resume_ttl,
+        webhooks=webhooks,
     )
     return RedisPubSub(redis), store

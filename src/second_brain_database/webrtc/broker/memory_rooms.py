@@ -14,6 +14,9 @@ from collections import deque
 
 import orjson
 
+from second_brain_database.webhooks import events
+from second_brain_database.webhooks.events import LeaveReason
+from second_brain_database.webhooks.memory_outbox import MemoryOutbox
 from second_brain_database.webrtc import server_frames
 from second_brain_database.webrtc.broker.control import (
     OWNER_STATES,
@@ -69,9 +72,12 @@ class _Room:
 
 
 class MemoryRoomStore(SynchronousRoomStore):
-    def __init__(self, pubsub: MemoryPubSub, *, resume_ttl: float) -> None:
-        super().__init__(resume_ttl=resume_ttl)
+    def __init__(
+        self, pubsub: MemoryPubSub, *, resume_ttl: float, outbox: MemoryOutbox | None = None
+    ) -> None:
+        super().__init__(resume_ttl=resume_ttl, outbox=outbox)
         self._publish_now = pubsub.publish_now
+        self._outbox = outbox
         self._rooms: dict[str, _Room] = {}
         self._policies: dict[str, tuple[RoomPolicy, float]] = {}
 
@@ -109,6 +115,9 @@ class MemoryRoomStore(SynchronousRoomStore):
             if policy.invited is not None and member.user_id not in policy.invited:
                 raise JoinRefused(NOT_INVITED)
         present = self._participants(room)
+        if self._outbox is not None:
+            started = [events.room_started(room_id)] if not room.members else []
+            self._outbox.add(room_id, [*started, events.participant_joined(room_id, member)])
         self._rooms[room_id] = room
         room.members[member.peer_id] = member
         room.owners[member.peer_id] = owner
@@ -121,18 +130,23 @@ class MemoryRoomStore(SynchronousRoomStore):
     ) -> bool:
         return False  # this process's state cannot be lost without the process
 
-    async def leave(self, room_id: str, member: Member, owner: str) -> bool:
+    async def leave(
+        self, room_id: str, member: Member, owner: str, reason: LeaveReason = LeaveReason.LEAVE
+    ) -> bool:
         room = self._rooms.get(room_id)
         if room is None or room.owners.get(member.peer_id) != owner:
             return False
-        self._remove(room_id, room, member)
+        self._remove(room_id, room, member, reason)
         return True
 
-    def _remove(self, room_id: str, room: _Room, member: Member) -> None:
+    def _remove(self, room_id: str, room: _Room, member: Member, reason: LeaveReason) -> None:
         left = server_frames.user_left(member)  # before any change: all or nothing
         room.forget(member.peer_id)
         if not room.members:
             del self._rooms[room_id]
+        if self._outbox is not None:
+            finished = [] if room.members else [events.room_finished(room_id)]
+            self._outbox.add(room_id, [events.participant_left(room_id, member, reason), *finished])
         self._publish_now(room_id, left)
 
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
@@ -152,7 +166,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         room = self._rooms.get(room_id)
         if room is not None and room.is_away(member.peer_id):
             room.expiries.pop(member.peer_id, None)
-            self._remove(room_id, room, member)
+            self._remove(room_id, room, member, LeaveReason.TIMEOUT)
 
     async def release(self, room_id: str, member: Member, unsent: list[str]) -> None:
         room = self._rooms.get(room_id)
@@ -240,7 +254,7 @@ class MemoryRoomStore(SynchronousRoomStore):
         if room is None or member is None:
             return False
         if room.is_away(peer_id):
-            self._remove(room_id, room, member)
+            self._remove(room_id, room, member, LeaveReason.KICKED)
         else:
             self._publish_now(room_id, Envelope(peer_id, "", Control(ControlKind.KICK).encode()))
         return True

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 
 INSTANCES_KEY = "sbd:instances"
 AWAY_INDEX_KEY = "sbd:away"
+# The webhook outbox's own keys share one hash tag (one slot): the scripts
+# that claim rooms touch two of them at once.
+WEBHOOK_ROOMS_KEY = "sbd:webhooks:{w}:rooms"
+"""zset room -> the moment (ms) it may be claimed: 0 when it has events and
+no deliverer, else the deliverer's lease deadline."""
+WEBHOOK_HOLDERS_KEY = "sbd:webhooks:{w}:holders"
+"""hash room -> instance delivering its events."""
+WEBHOOK_FAILED_KEY = "sbd:webhooks:{w}:failed"
+WEBHOOK_ERRORS_KEY = "sbd:webhooks:{w}:errors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +30,7 @@ class RoomKeys:
     channel: str
     policy: str
     invited: str
+    events: str
     mailbox_prefix: str
 
     @classmethod
@@ -35,6 +45,7 @@ class RoomKeys:
             channel=f"{prefix}:ch",
             policy=f"{prefix}:policy",
             invited=f"{prefix}:invited",
+            events=f"{prefix}:events",
             mailbox_prefix=f"{prefix}:mbox:",
         )
 
@@ -51,6 +62,12 @@ class RoomKeys:
             self.policy,
             self.invited,
         ]
+
+    @property
+    def changing(self) -> list[str]:
+        """The keys of the scripts that admit or remove peers: :attr:`state`
+        and the room's webhook outbox stream (KEYS[9])."""
+        return [*self.state, self.events]
 
     def mailbox(self, peer_id: str) -> str:
         return self.mailbox_prefix + peer_id

@@ -23,6 +23,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from second_brain_database.redis_clients import RedisClients
+from second_brain_database.webhooks.events import LeaveReason
 from second_brain_database.webrtc.broker.model import BrokerUnavailable, Member
 from second_brain_database.webrtc.broker.redis_keys import (
     AWAY_INDEX_KEY,
@@ -105,7 +106,7 @@ class RedisPresence:
             room_id, peer_id, user_id, owner = _fields(entry, 4)
             # The name is not needed to announce a departure.
             member = Member(peer_id, user_id, user_id)
-            await self._store.leave_as(instance, room_id, member, owner)
+            await self._store.leave_as(instance, room_id, member, owner, LeaveReason.REAPED)
         await self._redis.delete(instance_peers_key(instance))
         await self._redis.zrem(INSTANCES_KEY, instance)
         # The claim only keeps reapers from racing; should the instance come

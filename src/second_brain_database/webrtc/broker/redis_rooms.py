@@ -17,6 +17,9 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from second_brain_database.redis_clients import RedisClients
+from second_brain_database.webhooks import events
+from second_brain_database.webhooks.events import LeaveReason, WebhookEvent
+from second_brain_database.webhooks.redis_outbox import RedisOutbox
 from second_brain_database.webrtc import server_frames
 from second_brain_database.webrtc.broker.control import Control, ControlKind, is_owner_state
 from second_brain_database.webrtc.broker.model import (
@@ -40,6 +43,7 @@ from second_brain_database.webrtc.broker.redis_commands import RedisCommands
 from second_brain_database.webrtc.broker.redis_keys import (
     AWAY_INDEX_KEY,
     INSTANCES_KEY,
+    WEBHOOK_ROOMS_KEY,
     RoomKeys,
     instance_peers_key,
     room_of_key,
@@ -56,13 +60,31 @@ logger = logging.getLogger(__name__)
 
 # Mailboxes outlive the resume window a little, for a resume in its last instant.
 _MAILBOX_SLACK_MS = 5_000
+# A script's event arguments when webhooks are off (redis_scripts.py).
+_NO_EVENT: list[str | bytes] = ["", "", "", ""]
+
+
+def _event_args(*made: WebhookEvent) -> list[str | bytes]:
+    return [arg for e in made for arg in (e.id, e.type, f"{e.at:.6f}", e.body)]
 
 
 class RedisRoomStore(RoomStore):
     def __init__(
-        self, redis: RedisClients, *, instance_id: str, presence_ttl: float, resume_ttl: float
+        self,
+        redis: RedisClients,
+        *,
+        instance_id: str,
+        presence_ttl: float,
+        resume_ttl: float,
+        webhooks: bool = False,
     ) -> None:
-        super().__init__(resume_ttl=resume_ttl)
+        # Room changes write webhook events when SBD_WEBHOOK_URLS is set.
+        self._outbox = (
+            RedisOutbox(redis, instance_id=instance_id, claim_ttl=presence_ttl)
+            if webhooks
+            else None
+        )
+        super().__init__(resume_ttl=resume_ttl, outbox=self._outbox)
         self.instance_id = instance_id
         self._redis: Redis | RedisCluster = redis.client
         # Sharded Pub/Sub on a Cluster: a room's messages stay on the shard
@@ -120,10 +142,11 @@ class RedisRoomStore(RoomStore):
             server_frames.user_joined(member).pack(),
             member.user_id,
             "1" if privileged else "0",
+            *self._joined_events(room_id, member),
         ]
         await self.command("SADD", instance_peers_key(self.instance_id), entry)
         try:
-            result = await self.run("JOIN", RoomKeys.of(room_id).state, args)
+            result = await self.run("JOIN", RoomKeys.of(room_id).changing, args)
         except BrokerUnavailable:
             await self._drop_entry(entry)
             raise
@@ -132,7 +155,32 @@ class RedisRoomStore(RoomStore):
             if result[0] == -1:
                 raise RoomFull(room_id)
             raise JoinRefused(LOCKED if result[0] == -2 else NOT_INVITED)
+        await self._announce_events(room_id)
         return _participants(result[1], result[2])
+
+    # --- webhook events ---------------------------------------------------
+
+    def _joined_events(self, room_id: str, member: Member) -> list[str | bytes]:
+        """room.started (written only if the room was empty) and participant.joined."""
+        if self._outbox is None:
+            return _NO_EVENT * 2
+        return _event_args(events.room_started(room_id), events.participant_joined(room_id, member))
+
+    def _left_events(self, room_id: str, member: Member, reason: LeaveReason) -> list[str | bytes]:
+        """participant.left and room.finished (written only if the room is then empty)."""
+        if self._outbox is None:
+            return _NO_EVENT * 2
+        left = events.participant_left(room_id, member, reason)
+        return _event_args(left, events.room_finished(room_id))
+
+    async def _announce_events(self, room_id: str) -> None:
+        """Tell deliverers the room has events. Not atomic with the script
+        (the index is in another slot on a Cluster): an instance that dies in
+        between leaves the events to the outbox's sweep (docs/webhooks.md)."""
+        if self._outbox is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                await self.command("ZADD", WEBHOOK_ROOMS_KEY, "NX", 0, room_id)
+            self._outbox.written()
 
     async def set_policy(
         self,
@@ -184,7 +232,7 @@ class RedisRoomStore(RoomStore):
         await self.command("SADD", instance_peers_key(self.instance_id), entry)
         added = await self.run(
             "REREGISTER",
-            RoomKeys.of(room_id).state,
+            RoomKeys.of(room_id).changing,
             [
                 self._publish,
                 member.peer_id,
@@ -193,25 +241,35 @@ class RedisRoomStore(RoomStore):
                 0,
                 secret_digest(resume_secret),
                 server_frames.user_joined(member).pack(),
+                *self._joined_events(room_id, member),
             ],
         )
+        if added:
+            await self._announce_events(room_id)
         return bool(added)
 
-    async def leave(self, room_id: str, member: Member, owner: str) -> bool:
-        return await self.leave_as(self.instance_id, room_id, member, owner)
+    async def leave(
+        self, room_id: str, member: Member, owner: str, reason: LeaveReason = LeaveReason.LEAVE
+    ) -> bool:
+        return await self.leave_as(self.instance_id, room_id, member, owner, reason)
 
-    async def leave_as(self, instance: str, room_id: str, member: Member, owner: str) -> bool:
+    async def leave_as(
+        self, instance: str, room_id: str, member: Member, owner: str, reason: LeaveReason
+    ) -> bool:
         removed = await self.run(
             "LEAVE",
-            RoomKeys.of(room_id).state,
+            RoomKeys.of(room_id).changing,
             [
                 self._publish,
                 member.peer_id,
                 owner,
                 server_frames.user_left(member).pack(),
                 RoomKeys.of(room_id).mailbox(member.peer_id),
+                *self._left_events(room_id, member, reason),
             ],
         )
+        if removed:
+            await self._announce_events(room_id)
         with contextlib.suppress(BrokerUnavailable):
             await self.command(
                 "SREM", instance_peers_key(instance), instance_entry(room_id, member, owner)
@@ -348,15 +406,18 @@ class RedisRoomStore(RoomStore):
         member = Member.from_json(raw)
         kicked = await self.run(
             "KICK",
-            RoomKeys.of(room_id).state,
+            RoomKeys.of(room_id).changing,
             [
                 self._publish,
                 peer_id,
                 server_frames.user_left(member).pack(),
                 Envelope(peer_id, "", Control(ControlKind.KICK).encode()).pack(),
                 RoomKeys.of(room_id).mailbox(peer_id),
+                *self._left_events(room_id, member, LeaveReason.KICKED),
             ],
         )
+        if kicked == 2:  # removed now (a served peer's session leaves, with its own events)
+            await self._announce_events(room_id)
         return bool(kicked)
 
     async def participants(self, room_id: str) -> list[Participant]:
@@ -367,16 +428,20 @@ class RedisRoomStore(RoomStore):
     async def expire_away(self, room_id: str, peer_id: str, user_id: str) -> None:
         """The resume window of a peer passed: remove it, announcing ``user-left``."""
         keys = RoomKeys.of(room_id)
-        await self.run(
+        member = Member(peer_id, user_id, user_id)
+        removed = await self.run(
             "EXPIRE_AWAY",
-            keys.state,
+            keys.changing,
             [
                 self._publish,
                 peer_id,
-                server_frames.user_left(Member(peer_id, user_id, user_id)).pack(),
+                server_frames.user_left(member).pack(),
                 keys.mailbox(peer_id),
+                *self._left_events(room_id, member, LeaveReason.TIMEOUT),
             ],
         )
+        if removed:
+            await self._announce_events(room_id)
 
     # --- administration -----------------------------------------------------
 

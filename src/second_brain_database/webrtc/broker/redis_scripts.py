@@ -21,6 +21,13 @@ Room keys, in the order the scripts take them (``RoomKeys.state``)::
     KEYS[6] channel  the room's Pub/Sub channel
     KEYS[7] policy   hash owner -> host who restricted the room, locked -> 0|1
     KEYS[8] invited  set  user ids allowed in a restricted room
+    KEYS[9] events   stream: the room's webhook outbox (``RoomKeys.changing``;
+            only the scripts that admit or remove peers take it)
+
+Those scripts take webhook events as ARGV quadruples (id, type, unix time,
+body; an empty id when webhooks are off) and append the ones that apply to
+the room's stream in the same step as the change, so no change is ever
+without its event nor an event without its change (docs/webhooks.md).
 
 A mailbox is the list ``<mailbox prefix><peer>`` in the same hash slot.
 """
@@ -37,6 +44,13 @@ local function mail(key, frame, ttl_ms, max_len)
   redis.call('RPUSH', key, frame)
   redis.call('LTRIM', key, -max_len, -1)
   redis.call('PEXPIRE', key, ttl_ms)
+end
+-- Append the webhook event at ARGV[i..i+3] to the room's outbox stream.
+local function emit(i)
+  if ARGV[i] ~= '' then
+    redis.call('XADD', KEYS[9], '*', 'id', ARGV[i], 'type', ARGV[i + 1], 'at', ARGV[i + 2],
+               'body', ARGV[i + 3])
+  end
 end
 local function forget(peer, mailbox)
   redis.call('HDEL', KEYS[1], peer)
@@ -64,10 +78,13 @@ end
 """
 
 # ARGV: publish, peer, member_json, owner, capacity, resume_hash, envelope,
-#       user id, privileged ('1': an admin, who passes locks and guest lists)
+#       user id, privileged ('1': an admin, who passes locks and guest lists),
+#       room.started event (10-13), participant.joined event (14-17)
 # -> {-1} full, {-2} locked, {-3} not invited, or
 #    {1, members (flat), media (flat)} from before the join
-JOIN = """
+JOIN = (
+    _LIB
+    + """
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return {-1} end
 local host = redis.call('HGET', KEYS[7], 'owner')
 if ARGV[9] ~= '1' and host ~= ARGV[8] then
@@ -82,8 +99,11 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
 redis.call(ARGV[1], KEYS[6], ARGV[7])
+if #members == 0 then emit(10) end
+emit(14)
 return {1, members, media}
 """
+)
 
 # KEYS: policy, invited
 # ARGV: user, privileged, locked ('0'|'1'), ttl_s, restrict ('0'|'1'), invited users...
@@ -111,18 +131,27 @@ return {redis.call('HGET', KEYS[1], 'owner'), redis.call('HGET', KEYS[1], 'locke
 """
 
 # Re-add a live local peer after Redis lost it (restart, or reaped while the
-# instance could not heartbeat). ARGV as JOIN, without capacity.
+# instance could not heartbeat). ARGV as JOIN, without capacity, and the
+# events room.started (8-11) and participant.joined (12-15): a peer the
+# receivers were told had left is back.
 # -> 1 re-added and announced, 0 already there
-REREGISTER = """
+REREGISTER = (
+    _LIB
+    + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+local empty = redis.call('HLEN', KEYS[1]) == 0
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
 redis.call(ARGV[1], KEYS[6], ARGV[7])
+if empty then emit(8) end
+emit(12)
 return 1
 """
+)
 
-# ARGV: publish, peer, owner ('*' for any), user-left envelope, mailbox key
+# ARGV: publish, peer, owner ('*' for any), user-left envelope, mailbox key,
+#       participant.left event (6-9), room.finished event (10-13)
 # Removes the peer only while ``owner`` still serves it, so a late cleanup or
 # a reaper never removes a peer that moved to another session.
 LEAVE = (
@@ -133,6 +162,8 @@ if not owner then return 0 end
 if ARGV[3] ~= '*' and owner ~= ARGV[3] then return 0 end
 forget(ARGV[2], ARGV[5])
 redis.call(ARGV[1], KEYS[6], ARGV[4])
+emit(6)
+if redis.call('HLEN', KEYS[1]) == 0 then emit(10) end
 return 1
 """
 )
@@ -232,9 +263,10 @@ return broadcast(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber
 """
 )
 
-# ARGV: publish, peer, user-left envelope, kick envelope, mailbox key
-# A connected peer is told to close (its session then leaves); a peer
-# waiting to resume is removed at once.
+# ARGV: publish, peer, user-left envelope, kick envelope, mailbox key,
+#       participant.left event (6-9), room.finished event (10-13)
+# A connected peer is told to close (its session then leaves): 1; a peer
+# waiting to resume is removed at once: 2; 0 not a member.
 KICK = (
     _LIB
     + """
@@ -243,14 +275,17 @@ if not owner then return 0 end
 if string.sub(owner, 1, 1) == '~' then
   forget(ARGV[2], ARGV[5])
   redis.call(ARGV[1], KEYS[6], ARGV[3])
-else
-  redis.call(ARGV[1], KEYS[6], ARGV[4])
+  emit(6)
+  if redis.call('HLEN', KEYS[1]) == 0 then emit(10) end
+  return 2
 end
+redis.call(ARGV[1], KEYS[6], ARGV[4])
 return 1
 """
 )
 
-# ARGV: publish, peer, user-left envelope, mailbox key
+# ARGV: publish, peer, user-left envelope, mailbox key,
+#       participant.left event (5-8), room.finished event (9-12)
 # -> 1 when the peer's resume deadline had passed and it was removed
 EXPIRE_AWAY = (
     _LIB
@@ -259,6 +294,8 @@ local deadline = redis.call('ZSCORE', KEYS[5], ARGV[2])
 if not deadline or tonumber(deadline) > now_ms() then return 0 end
 forget(ARGV[2], ARGV[4])
 redis.call(ARGV[1], KEYS[6], ARGV[3])
+emit(5)
+if redis.call('HLEN', KEYS[1]) == 0 then emit(9) end
 return 1
 """
 )

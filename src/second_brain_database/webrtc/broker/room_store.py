@@ -14,15 +14,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from second_brain_database.webrtc.broker.model import Envelope, Member, Resumed, RoomPolicy
+from second_brain_database.webhooks.events import LeaveReason
+from second_brain_database.webhooks.outbox import Outbox
+from second_brain_database.webrtc.broker.model import (
+    Envelope,
+    Member,
+    Resumed,
+    RoomPolicy,
+)
 from second_brain_database.webrtc.schemas import Participant
 
 
 class RoomStore(ABC):
     """What the connection manager and the HTTP API need of room state."""
 
-    def __init__(self, *, resume_ttl: float) -> None:
+    def __init__(self, *, resume_ttl: float, outbox: Outbox | None) -> None:
         self.resume_ttl = resume_ttl
+        self.outbox = outbox
+        """Where this store writes webhook events (None: webhooks are off)."""
 
     @abstractmethod
     async def connect(self) -> None: ...
@@ -48,7 +57,12 @@ class RoomStore(ABC):
         """Add ``member``, served by session ``owner``, unless the room is full
         (:class:`RoomFull`) or its policy refuses the user (:class:`JoinRefused`;
         ``privileged`` admins pass); announce it with ``user-joined``; return
-        the participants that were already there."""
+        the participants that were already there.
+
+        With webhooks configured, every change that admits or removes a peer
+        for good writes its events (``room.started``, ``participant.joined``,
+        ``participant.left``, ``room.finished``) in the same step as the
+        change (docs/webhooks.md)."""
 
     @abstractmethod
     async def set_policy(
@@ -75,9 +89,12 @@ class RoomStore(ABC):
         ``user-joined``; True when it was missing."""
 
     @abstractmethod
-    async def leave(self, room_id: str, member: Member, owner: str) -> bool:
+    async def leave(
+        self, room_id: str, member: Member, owner: str, reason: LeaveReason = LeaveReason.LEAVE
+    ) -> bool:
         """Remove the peer while ``owner`` still serves it and announce
-        ``user-left``; False when it was not (or no longer) ``owner``'s."""
+        ``user-left`` (and, with webhooks, ``participant.left`` with
+        ``reason``); False when it was not (or no longer) ``owner``'s."""
 
     @abstractmethod
     async def away(self, room_id: str, member: Member, owner: str) -> bool:
