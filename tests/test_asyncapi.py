@@ -43,8 +43,10 @@ def refs(node: Any) -> list[str]:
     return []
 
 
-def operation_types(document: dict[str, Any], operation: str) -> set[str]:
-    channel = document["channels"][asyncapi.CHANNEL]
+def operation_types(
+    document: dict[str, Any], operation: str, address: str = asyncapi.CHANNEL
+) -> set[str]:
+    channel = document["channels"][address]
     kinds: set[str] = set()
     for message_ref in channel[operation]["message"]["oneOf"]:
         message = resolve(document, message_ref["$ref"])
@@ -55,7 +57,7 @@ def operation_types(document: dict[str, Any], operation: str) -> set[str]:
 def test_document_is_well_formed_asyncapi(document: dict[str, Any]) -> None:
     assert document["asyncapi"] == "2.6.0"
     assert document["info"]["title"] and document["info"]["version"]
-    assert set(document["channels"]) == {"/ws/webrtc/{room_id}"}
+    assert set(document["channels"]) == {"/ws/webrtc/{room_id}", "/ws/user"}
     channel = document["channels"]["/ws/webrtc/{room_id}"]
     assert set(channel["parameters"]) == {"room_id"}  # every {param} of the address
     assert {"publish", "subscribe"} <= set(channel)
@@ -65,13 +67,34 @@ def test_document_is_well_formed_asyncapi(document: dict[str, Any]) -> None:
         assert message["name"] == name and message["payload"]["$ref"]
 
 
+USER_SOCKET_ONLY = {"ready", "incoming-call"}
+
+
 def test_every_message_type_of_the_schemas_is_documented(document: dict[str, Any]) -> None:
-    assert operation_types(document, "publish") == {t.value for t in ClientMessageType}
-    assert operation_types(document, "subscribe") == {t.value for t in ServerMessageType} | {
-        "notice"
+    assert operation_types(document, "publish") == {t.value for t in ClientMessageType} - {
+        "call-answer"
     }
-    codes = document["channels"][asyncapi.CHANNEL]["x-close-codes"]
-    assert set(codes) == {str(int(code)) for code in CloseCode}
+    assert (
+        operation_types(document, "subscribe")
+        == {t.value for t in ServerMessageType} - USER_SOCKET_ONLY
+    )
+    user = asyncapi.USER_CHANNEL
+    assert operation_types(document, "publish", user) == {
+        "call",
+        "call-answer",
+        "call-cancel",
+        "ping",
+        "refresh",
+        "leave",
+    }
+    assert operation_types(document, "subscribe", user) == USER_SOCKET_ONLY | {
+        "call-state",
+        "pong",
+        "error",
+    }
+    for address in (asyncapi.CHANNEL, user):
+        codes = document["channels"][address]["x-close-codes"]
+        assert set(codes) == {str(int(code)) for code in CloseCode}
 
 
 def test_payload_schemas_are_the_models_own(document: dict[str, Any]) -> None:

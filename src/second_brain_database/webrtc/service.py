@@ -22,6 +22,10 @@ from second_brain_database.limits.admission import Admission
 from second_brain_database.redis_clients import RedisClients, connect_redis
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker import PubSub, RoomStore, create_backends
+from second_brain_database.webrtc.calls.memory_calls import MemoryCallStore
+from second_brain_database.webrtc.calls.redis_calls import RedisCallStore
+from second_brain_database.webrtc.calls.service import CallService
+from second_brain_database.webrtc.calls.user_sockets import UserSockets
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
 
@@ -36,6 +40,8 @@ class SignalingService:
     pubsub: PubSub
     rooms: RoomStore
     manager: ConnectionManager
+    calls: CallService
+    user_sockets: UserSockets
     admission: Admission
     draining: bool = False
     _metrics_flusher: asyncio.Task[None] | None = None
@@ -45,13 +51,18 @@ class SignalingService:
         """Everything runs on ``redis`` (from :func:`connect_redis`) where there is one."""
         auth = AuthService.build(settings, redis)
         pubsub, rooms = create_backends(settings, redis)
+        store = RedisCallStore(redis.client) if redis is not None else MemoryCallStore()
+        calls = CallService(store, pubsub, rooms, auth.tickets, settings)
+        manager = ConnectionManager(pubsub, rooms, calls, auth.tokens, settings)
         return cls(
             settings=settings,
             auth=auth,
             redis=redis,
             pubsub=pubsub,
             rooms=rooms,
-            manager=ConnectionManager(pubsub, rooms, auth.tokens, settings),
+            manager=manager,
+            calls=calls,
+            user_sockets=UserSockets(calls, manager.runner, settings),
             admission=Admission.build(settings, redis),
         )
 
@@ -60,6 +71,7 @@ class SignalingService:
         await self.pubsub.connect()
         await self.auth.start()
         await self.admission.start()
+        self.calls.start()
         self._metrics_flusher = asyncio.create_task(
             metrics.flush_periodically(), name="sbd-metrics-flush"
         )
@@ -79,6 +91,8 @@ class SignalingService:
     async def stop(self) -> None:
         self.draining = True
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.user_sockets.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.calls.stop()
         await self.pubsub.disconnect()
         await self.rooms.disconnect()
         await self.admission.aclose()
