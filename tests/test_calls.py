@@ -6,6 +6,9 @@ devices on different instances."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_SERVER_ENV
+from tests.conftest import SHARED_SERVER_ENV, SbdFactory
 from tests.peers import Device, Peer, make_token
 from tests.servers import RedisServer, SbdServer, two_instances
 
@@ -341,3 +344,91 @@ async def test_a_caller_has_at_most_the_stated_calls_ringing(sides: Sides) -> No
     assert error["payload"]["code"] == "rate_limited" and error["payload"]["ref"] == "f5"
     await caller.send({"type": "ping"})
     await caller.expect("pong")
+
+
+async def test_refresh_on_a_user_socket(sides: Sides) -> None:
+    _, bob = users()
+    device = await Device.ready(sides.callee_a, bob)
+    await device.send({"type": "refresh", "id": "r", "payload": {"token": make_token("eve")}})
+    error = await device.expect("error")
+    assert error["payload"]["code"] == "forbidden" and error["payload"]["ref"] == "r"
+    await device.send({"type": "refresh", "payload": {"token": make_token(bob, ttl=7200)}})
+    await device.send({"type": "ping"})
+    await device.expect("pong")  # the refresh itself answers nothing
+
+
+async def test_calls_count_towards_the_rate_limit(sbd_factory: SbdFactory) -> None:
+    server = sbd_factory({**ENV, "SBD_RATE_LIMIT_PER_S": "0.5", "SBD_RATE_LIMIT_BURST": "3"})
+    alice, bob = users()
+    caller = await Device.ready(server.ws_url, alice)
+    for n in range(6):
+        await caller.send(
+            {"type": "call", "id": f"f{n}", "payload": {"to_user": f"{bob}-{n}", "room_id": "r"}}
+        )
+    answers = [await caller.recv() for _ in range(6)]
+    assert [a["type"] for a in answers] == ["call-state"] * 3 + ["error"] * 3, answers
+    assert {a["payload"]["code"] for a in answers[3:]} == {"rate_limited"}
+    assert caller.ws.close_code is None  # refused, not closed
+
+
+ACCEPT_RACE_ROUNDS = 50
+
+
+async def test_accept_race_across_two_instances(
+    redis_pair: tuple[SbdServer, SbdServer],
+) -> None:
+    """Two devices of the callee, on two instances, answer the same call at
+    once, 50 times: exactly one ``accepted`` each time, and the other device
+    hears ``answered-elsewhere``."""
+    first, second = redis_pair
+    alice, _ = users()
+    caller = await Device.ready(first.ws_url, alice)
+    wins = {"first": 0, "second": 0}
+    for round_ in range(ACCEPT_RACE_ROUNDS):
+        bob = f"racer-{round_}-{alice}"  # a callee per round: tickets are capped per user
+        here = await Device.ready(first.ws_url, bob)
+        there = await Device.ready(second.ws_url, bob)
+        call_id = await caller.call(bob, "race-room", ref=f"r{round_}")
+        await here.expect("incoming-call")
+        await there.expect("incoming-call")
+        await asyncio.gather(here.answer(call_id), there.answer(call_id))
+        outcomes = []
+        for device in (here, there):
+            frames = [await device.recv()]
+            if frames[0]["payload"].get("state") != "accepted":  # the loser hears twice
+                frames.append(await device.recv())
+            states = [f["payload"].get("state") for f in frames if f["type"] == "call-state"]
+            errors = [f["payload"]["code"] for f in frames if f["type"] == "error"]
+            outcomes.append((states, errors))
+        accepted = [states for states, _ in outcomes if states == ["accepted"]]
+        assert len(accepted) == 1, outcomes
+        loser = next(o for o in outcomes if o[0] != ["accepted"])
+        assert sorted(loser[0]) == ["answered-elsewhere"] and loser[1] == ["unknown_call"]
+        wins["first" if outcomes[0][0] == ["accepted"] else "second"] += 1
+        await caller.expect_state("accepted")
+        await here.assert_silent(0.05)
+        await there.assert_silent(0.05)
+        await here.close()
+        await there.close()
+    print(f"accept race: {ACCEPT_RACE_ROUNDS} rounds, wins by instance {wins}")
+
+
+async def test_ring_times_out_when_the_callers_instance_is_killed(
+    sbd_factory: SbdFactory, redis_server: RedisServer
+) -> None:
+    env = {**ENV, "SBD_REDIS_URL": redis_server.url, "SBD_CALL_RING_TIMEOUT": "2"}
+    doomed, survivor = sbd_factory(env), sbd_factory(env)
+    alice, bob = users()
+    caller = await Device.ready(doomed.ws_url, alice)
+    phone = await Device.ready(survivor.ws_url, bob)
+    call_id = await caller.call(bob, "room-k")
+    await phone.expect("incoming-call")
+    assert doomed.stop(signal.SIGKILL) == -signal.SIGKILL
+    started = time.monotonic()
+    # Not cancelled (nobody was left to cancel): missed, by the survivor.
+    await phone.expect_state("missed", timeout=6)
+    elapsed = time.monotonic() - started
+    assert elapsed < 6
+    print(f"caller's instance SIGKILLed: missed after {elapsed:.2f} s (ring timeout 2 s)")
+    await phone.answer(call_id)
+    assert (await phone.expect("error"))["payload"]["code"] == "unknown_call"
