@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import SHARED_SERVER_ENV, SbdFactory
@@ -41,6 +42,14 @@ def memory_server(artifacts_dir: Path) -> Iterator[SbdServer]:
 
 
 @pytest.fixture(scope="module")
+def asgi_server(artifacts_dir: Path) -> Iterator[SbdServer]:
+    """Sessions on the plain ASGI path, as under any other ASGI server."""
+    server = SbdServer(ENV, log_dir=artifacts_dir, args=("--ws", "websockets-sansio")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def redis_pair(
     redis_server: RedisServer, artifacts_dir: Path
 ) -> Iterator[tuple[SbdServer, SbdServer]]:
@@ -48,10 +57,10 @@ def redis_pair(
         yield pair
 
 
-@pytest.fixture(params=["memory", "redis-two-instances"])
+@pytest.fixture(params=["memory", "asgi", "redis-two-instances"])
 def sides(request: pytest.FixtureRequest) -> Sides:
-    if request.param == "memory":
-        url = request.getfixturevalue("memory_server").ws_url
+    if request.param in ("memory", "asgi"):
+        url = request.getfixturevalue(f"{request.param}_server").ws_url
         return Sides(url, url, url)
     first, second = request.getfixturevalue("redis_pair")
     # The caller on one instance, the callee's devices on the other and on it.
@@ -432,3 +441,31 @@ async def test_ring_times_out_when_the_callers_instance_is_killed(
     print(f"caller's instance SIGKILLed: missed after {elapsed:.2f} s (ring timeout 2 s)")
     await phone.answer(call_id)
     assert (await phone.expect("error"))["payload"]["code"] == "unknown_call"
+
+
+async def test_a_room_socket_opened_by_ticket_keeps_the_calls_claim(sides: Sides) -> None:
+    alice, bob = users()
+    token = make_token(alice, calls=["carol"])
+    async with httpx.AsyncClient(base_url=sides.caller.replace("ws", "http", 1)) as http:
+        answer = await http.post(
+            "/api/v1/webrtc/ticket",
+            json={"room_id": "ticketed"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    ticket = answer.json()["ticket"]
+    peer = await Peer.connect(sides.caller, "ticketed", None, query=f"ticket={ticket}")
+    await peer.expect("welcome")
+    await peer.send({"type": "call", "id": "t", "payload": {"to_user": bob, "room_id": "r"}})
+    assert (await peer.expect("error"))["payload"]["code"] == "forbidden"
+
+
+async def test_user_ids_with_braces_ring_across_instances(sides: Sides) -> None:
+    alice, bob = users()
+    odd = f"{{{bob}}}:ch{{x"  # braces and a colon: a hash tag and key syntax of its own
+    phone = await Device.ready(sides.callee_a, odd)
+    caller = await Device.ready(sides.caller, f"{alice}}}{{")
+    call_id = await caller.call(odd, "room-b")
+    assert (await phone.expect("incoming-call"))["payload"]["call_id"] == call_id
+    await phone.answer(call_id)
+    await phone.expect_state("accepted")
+    await caller.expect_state("accepted")
