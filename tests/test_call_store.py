@@ -62,7 +62,8 @@ def a_call(ring_for: float = 30.0, route: CallerRoute | None = None) -> Call:
 
 async def test_of_many_concurrent_endings_exactly_one_wins(store: CallStore) -> None:
     call = a_call()
-    await store.start(call, max_ringing=5)
+    started = await store.start(call, max_ringing=5)
+    assert started.event.type == "call.ringing" and started.event.data["devices"] == 0
     assert [c.call_id for c in await store.ringing_to(call.to_user)] == [call.call_id]
     results = await asyncio.gather(
         *(store.finish(call.call_id, CallResult.ACCEPTED, callee=call.to_user) for _ in range(20)),
@@ -83,7 +84,8 @@ async def test_only_the_callee_answers_and_only_the_route_cancels(store: CallSto
     other = CallerRoute.in_room("room", "peer")
     assert await store.finish(call.call_id, CallResult.CANCELLED, route=other) is None
     won = await store.finish(call.call_id, CallResult.DECLINED, callee=call.to_user)
-    assert won == call
+    assert won is not None and won.call == call
+    assert won.event.type == "call.ended" and won.event.data["result"] == "declined"
     assert await store.finish("never-issued", CallResult.MISSED) is None
 
 

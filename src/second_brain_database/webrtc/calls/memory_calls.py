@@ -28,7 +28,7 @@ class MemoryCallStore(CallStore):
         self._deadlines: dict[str, float] = {}
         self._devices: dict[str, set[str]] = {}
 
-    async def start(self, call: Call, max_ringing: int) -> None:
+    async def _start(self, call: Call, max_ringing: int) -> None:
         self._forget_ended(time.time())
         outgoing = self._ringing_from.setdefault(call.from_user, set())
         if len(outgoing) >= max_ringing:
@@ -41,13 +41,13 @@ class MemoryCallStore(CallStore):
     async def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
 
-    async def finish(
+    async def _finish(
         self,
         call_id: str,
         result: CallResult,
         *,
-        callee: str | None = None,
-        route: CallerRoute | None = None,
+        callee: str | None,
+        route: CallerRoute | None,
     ) -> Call | None:
         call = self._calls.get(call_id)
         if call is None or call.state != RINGING:

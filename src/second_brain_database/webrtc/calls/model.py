@@ -93,8 +93,9 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class CallEvent:
     """What a call store transition reports, in the shape of the contract's
-    webhooks (``call.ringing``, ``call.ended``): the seam where a webhook
-    outbox takes them (today they are logged)."""
+    webhooks (``call.ringing``, ``call.ended``): made by the store with each
+    transition (:class:`Transition`), the seam where a webhook outbox takes
+    them (today the service logs them)."""
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +116,16 @@ def _common(call: Call) -> dict[str, Any]:
         "to_user": call.to_user,
         "room_id": call.room_id,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A call store transition: the call (as it was before an ending), what
+    it reports, and for a start the user sockets it rings."""
+
+    call: Call
+    event: CallEvent
+    devices: int = 0
 
 
 class TooManyCalls(Exception):

@@ -35,7 +35,7 @@ def _text(value: bytes | str) -> str:
 class RedisCallStore(CallStore):
     def __init__(self, redis: Redis | RedisCluster) -> None:
         self._redis = redis
-        self._finish = redis.register_script(redis_scripts.FINISH)
+        self._finish_script = redis.register_script(redis_scripts.FINISH)
         self._count_outgoing = redis.register_script(redis_scripts.COUNT_OUTGOING)
 
     async def _run(self, command: Callable[[], Awaitable[T]]) -> T:
@@ -44,7 +44,7 @@ class RedisCallStore(CallStore):
         except RedisError as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
-    async def start(self, call: Call, max_ringing: int) -> None:
+    async def _start(self, call: Call, max_ringing: int) -> None:
         deadline_ms = _ms(call.deadline)
         caller, callee = UserKeys.of(call.from_user), UserKeys.of(call.to_user)
         key = call_key(call.call_id)
@@ -73,13 +73,13 @@ class RedisCallStore(CallStore):
         fields = await self._run(lambda: self._redis.hgetall(call_key(call_id)))
         return _call(fields) if fields else None
 
-    async def finish(
+    async def _finish(
         self,
         call_id: str,
         result: CallResult,
         *,
-        callee: str | None = None,
-        route: CallerRoute | None = None,
+        callee: str | None,
+        route: CallerRoute | None,
     ) -> Call | None:
         field, expected = "", ""
         if callee is not None:
@@ -87,7 +87,7 @@ class RedisCallStore(CallStore):
         elif route is not None:
             field, expected = "route", route.encode()
         flat = await self._run(
-            lambda: self._finish(
+            lambda: self._finish_script(
                 keys=[call_key(call_id)], args=[result.value, field, expected, ENDED_KEPT_MS]
             )
         )

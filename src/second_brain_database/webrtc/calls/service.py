@@ -190,16 +190,15 @@ class CallService:
             ),
         )
         try:
-            await self._store.start(call, self._max_ringing)
+            started = await self._store.start(call, self._max_ringing)
         except TooManyCalls:
             why = f"at most {self._max_ringing} calls may ring at once"
             reply(_error(ErrorCode.RATE_LIMITED, why, action.ref))
             return
-        devices = await self._store.devices(call.to_user)
         # The caller hears ``ringing`` before any answer can reach it.
-        reply(frames.call_state(call_id, RINGING, ref=action.ref, devices=devices))
+        reply(frames.call_state(call_id, RINGING, ref=action.ref, devices=started.devices))
         await self._tell_callee(call, call.incoming)
-        _report(CallEvent.ringing(call, devices))
+        _report(started.event)
 
     async def answer(self, action: AnswerCall, reply: Reply) -> None:
         call = await self._store.get(action.call_id)
@@ -223,10 +222,11 @@ class CallService:
                 reply(_error(ErrorCode.FORBIDDEN, exc.reason, action.ref))
                 return
         result = CallResult.ACCEPTED if action.accept else CallResult.DECLINED
-        ended = await self._store.finish(action.call_id, result, callee=action.callee.user_id)
-        if ended is None:  # another device, the caller or the timeout came first
+        transition = await self._store.finish(action.call_id, result, callee=action.callee.user_id)
+        if transition is None:  # another device, the caller or the timeout came first
             reply(_unknown_call(action.ref))
             return
+        ended = transition.call
         state = result
         if ticket is not None:
             reply(frames.call_state(ended.call_id, state, room_id=ended.room_id, ticket=ticket))
@@ -235,27 +235,29 @@ class CallService:
         elsewhere = frames.call_state(ended.call_id, "answered-elsewhere")
         await self._tell_callee(ended, elsewhere, exclude=action.connection_id)
         await self._tell_caller(ended, frames.call_state(ended.call_id, state))
-        _report(CallEvent.ended(ended, result))
+        _report(transition.event)
 
     async def cancel(self, action: CancelCall, reply: Reply) -> None:
-        ended = await self._store.finish(action.call_id, CallResult.CANCELLED, route=action.route)
-        if ended is None:
+        transition = await self._store.finish(
+            action.call_id, CallResult.CANCELLED, route=action.route
+        )
+        if transition is None:
             reply(_unknown_call(action.ref))
             return
-        frame = frames.call_state(ended.call_id, CallResult.CANCELLED)
+        frame = frames.call_state(action.call_id, CallResult.CANCELLED)
         reply(frame)
-        await self._tell_callee(ended, frame)
-        _report(CallEvent.ended(ended, CallResult.CANCELLED))
+        await self._tell_callee(transition.call, frame)
+        _report(transition.event)
 
     async def caller_gone(self, user_id: str, route: CallerRoute) -> None:
         """The connection at ``route`` ended for good: cancel its ringing calls."""
         for call in await self._store.ringing_from(user_id):
             if call.route != route:
                 continue
-            ended = await self._store.finish(call.call_id, CallResult.CANCELLED, route=route)
-            if ended is not None:
-                await self._tell_callee(ended, frames.call_state(ended.call_id, "cancelled"))
-                _report(CallEvent.ended(ended, CallResult.CANCELLED))
+            transition = await self._store.finish(call.call_id, CallResult.CANCELLED, route=route)
+            if transition is not None:
+                await self._tell_callee(call, frames.call_state(call.call_id, "cancelled"))
+                _report(transition.event)
 
     # --- the ring timeout, on every instance ----------------------------------
 
@@ -272,12 +274,12 @@ class CallService:
         """End every call past its deadline as ``missed``; of the instances
         that see it due at once, the one whose ``finish`` wins tells both sides."""
         for call_id in await self._store.due(time.time(), DUE_BATCH):
-            ended = await self._store.finish(call_id, CallResult.MISSED)
-            if ended is not None:
+            transition = await self._store.finish(call_id, CallResult.MISSED)
+            if transition is not None:
                 frame = frames.call_state(call_id, "missed")
-                await self._tell_callee(ended, frame)
-                await self._tell_caller(ended, frame)
-                _report(CallEvent.ended(ended, CallResult.MISSED))
+                await self._tell_callee(transition.call, frame)
+                await self._tell_caller(transition.call, frame)
+                _report(transition.event)
             await self._store.drop_due(call_id)
 
     # --- delivery ---------------------------------------------------------------

@@ -20,20 +20,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from second_brain_database.webrtc.calls.model import Call, CallerRoute, CallResult
+from second_brain_database.webrtc.calls.model import (
+    Call,
+    CallerRoute,
+    CallEvent,
+    CallResult,
+    Transition,
+)
 
 
 class CallStore(ABC):
-    @abstractmethod
-    async def start(self, call: Call, max_ringing: int) -> None:
+    """Each transition comes back with the :class:`CallEvent` it reports
+    (``call.ringing``, ``call.ended``): where a webhook outbox records it."""
+
+    async def start(self, call: Call, max_ringing: int) -> Transition:
         """Record a ringing call; :class:`TooManyCalls` when its caller already
         has ``max_ringing`` calls ringing."""
+        await self._start(call, max_ringing)
+        devices = await self.devices(call.to_user)
+        return Transition(call, CallEvent.ringing(call, devices), devices)
 
-    @abstractmethod
-    async def get(self, call_id: str) -> Call | None:
-        """The call, ringing or recently ended; None when unknown."""
-
-    @abstractmethod
     async def finish(
         self,
         call_id: str,
@@ -41,10 +47,30 @@ class CallStore(ABC):
         *,
         callee: str | None = None,
         route: CallerRoute | None = None,
-    ) -> Call | None:
+    ) -> Transition | None:
         """End the call with ``result`` if it still rings (and, where given,
         rings ``callee`` / was started from ``route``): the call as it was,
         to the one caller that ended it; None to everyone else."""
+        call = await self._finish(call_id, result, callee=callee, route=route)
+        return None if call is None else Transition(call, CallEvent.ended(call, result))
+
+    @abstractmethod
+    async def _start(self, call: Call, max_ringing: int) -> None: ...
+
+    @abstractmethod
+    async def get(self, call_id: str) -> Call | None:
+        """The call, ringing or recently ended; None when unknown."""
+
+    @abstractmethod
+    async def _finish(
+        self,
+        call_id: str,
+        result: CallResult,
+        *,
+        callee: str | None,
+        route: CallerRoute | None,
+    ) -> Call | None:
+        """The transition itself, atomic: see :meth:`finish`."""
 
     @abstractmethod
     async def ringing_to(self, user_id: str) -> list[Call]:
