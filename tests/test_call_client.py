@@ -5,6 +5,7 @@ call's room with its ticket and the two exchange an offer there."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -16,6 +17,7 @@ from second_brain_database.webrtc.schemas import (
     IncomingCallMessage,
     RelayedFrame,
 )
+from tests.conftest import SbdFactory
 from tests.peers import make_token
 from tests.servers import SbdServer
 
@@ -134,4 +136,22 @@ async def test_a_room_socket_rings_with_the_python_client(cluster: Cluster) -> N
         assert isinstance(ended, CallStateMessage) and ended.payload.state == "cancelled"
     finally:
         await in_room.leave()
+        await phone.close()
+
+
+async def test_a_waiting_device_outlives_the_idle_timeout(sbd_factory: SbdFactory) -> None:
+    server = sbd_factory({"SBD_IDLE_TIMEOUT": "1"})
+    alice, bob = names()
+    phone = CallClient(server.base_url, make_token(bob), ping_interval=0.3, reconnect=False)
+    await phone.connect()
+    try:
+        await asyncio.sleep(2.5)  # past the idle timeout, with nothing but pings
+        caller = CallClient(server.base_url, make_token(alice), ping_interval=0.3)
+        await caller.connect()
+        ringing = await caller.call(bob, "py-room")
+        incoming = await phone.wait_for("incoming-call", timeout=5)
+        assert isinstance(incoming, IncomingCallMessage)
+        assert incoming.payload.call_id == ringing.call_id
+        await caller.close()
+    finally:
         await phone.close()

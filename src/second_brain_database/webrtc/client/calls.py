@@ -39,6 +39,7 @@ from second_brain_database.webrtc.schemas import (
     CallStatePayload,
     ErrorMessage,
     ErrorPayload,
+    PongMessage,
     ReadyMessage,
     ReadyPayload,
     UserServerMessage,
@@ -74,8 +75,13 @@ class CallClient:
         initial_delay: float = 0.2,
         max_delay: float = 5.0,
         open_timeout: float = 5.0,
+        ping_interval: float = 20.0,
     ) -> None:
         self.ws_base = ws_origin(base_url)
+        # A device waits for calls for hours: pings keep the server's idle
+        # timeout (SBD_IDLE_TIMEOUT, a 4408 close) away. Their pongs are not
+        # passed on.
+        self.ping_interval = ping_interval
         self.token = token
         self.reconnect = reconnect
         self.max_attempts = max_attempts
@@ -270,6 +276,7 @@ class CallClient:
             return ABNORMAL_CLOSURE, str(exc), False
         self._ws = ws
         opened = False
+        keepalive = asyncio.create_task(self._ping_forever(ws), name="user socket keepalive")
         try:
             async for frame in ws:
                 try:
@@ -280,15 +287,24 @@ class CallClient:
                 if isinstance(event, ReadyMessage):
                     opened = True
                     self._on_ready(event.payload)
+                elif isinstance(event, PongMessage):
+                    continue
                 self._answer_waiters(event)
                 self._events.put_nowait(event)
         except ConnectionClosed:
             pass
         finally:
+            keepalive.cancel()
             self._open.clear()
             self._ws = None
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         return code, ws.close_reason or "", opened
+
+    async def _ping_forever(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                await ws.send(b'{"type":"ping"}', text=True)
 
     def _on_ready(self, ready: ReadyPayload) -> None:
         self.ready = ready
