@@ -17,7 +17,7 @@ from second_brain_database.webrtc.schemas import (
     ServerMessageType,
     parse_client_frame,
 )
-from tests.peers import Peer, make_token
+from tests.peers import Device, Peer, make_token
 from tests.servers import SbdServer
 
 
@@ -138,3 +138,32 @@ async def test_served_document_matches_and_real_frames_fit_it(server: SbdServer)
     for frame in client_frames[:2]:  # what the client sent is what the document allows
         parse_client_frame(orjson.dumps(frame))
     await a.close()
+
+
+async def test_real_user_socket_frames_fit_the_document(server: SbdServer) -> None:
+    by_type: dict[str, type[BaseModel]] = {}
+    for model in asyncapi.server_models():
+        schema = asyncapi.asyncapi_document()["components"]["schemas"][model.__name__]
+        for kind in asyncapi._message_types(schema):
+            by_type[kind] = model
+    phone = await Device.ready(server.ws_url, "asyncapi-bob")
+    caller = await Device.ready(server.ws_url, "asyncapi-alice")
+    sent: list[dict[str, Any]] = [
+        {"type": "call", "id": "c", "payload": {"to_user": "asyncapi-bob", "room_id": "r"}},
+        {"type": "ping"},
+    ]
+    for frame in sent:
+        await caller.send(frame)
+    ringing, pong = await caller.expect("call-state"), await caller.expect("pong")
+    incoming = await phone.expect("incoming-call")
+    await phone.answer(incoming["payload"]["call_id"])
+    accepted = await phone.expect("call-state")
+    await phone.send({"type": "offer", "to": "x", "payload": {"type": "offer", "sdp": "v=0"}})
+    refused = await phone.expect("error")
+    frames = [phone.welcome, caller.welcome, ringing, pong, incoming, accepted, refused]
+    for frame in frames:
+        TypeAdapter(by_type[frame["type"]]).validate_python(frame)
+    for frame in sent:
+        parse_client_frame(orjson.dumps(frame))
+    await phone.close()
+    await caller.close()
