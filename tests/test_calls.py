@@ -469,3 +469,25 @@ async def test_user_ids_with_braces_ring_across_instances(sides: Sides) -> None:
     await phone.answer(call_id)
     await phone.expect_state("accepted")
     await caller.expect_state("accepted")
+
+
+async def test_a_room_caller_away_for_a_resume_hears_the_answer_after_it(sides: Sides) -> None:
+    alice, bob = users()
+    phone = await Device.ready(sides.callee_a, bob)
+    room = f"resume-{alice}"
+    token = make_token(alice)
+    caller = await Peer.join(sides.caller, room, token)
+    await caller.send({"type": "call", "id": "r", "payload": {"to_user": bob, "room_id": "x"}})
+    call_id = (await caller.expect("call-state"))["payload"]["call_id"]
+    await phone.expect("incoming-call")
+    caller.ws.transport.abort()  # a network drop: not for good, the call rings on
+    await phone.assert_silent(0.5)
+    await phone.answer(call_id)
+    await phone.expect_state("accepted")
+    resume = caller.welcome["payload"]["resume_token"]
+    back = await Peer.connect(sides.callee_b, room, token, query=f"resume={resume}")
+    await back.expect("welcome")
+    assert (await back.expect("call-state"))["payload"] == {
+        "call_id": call_id,
+        "state": "accepted",
+    }
