@@ -7,6 +7,10 @@ no socket, no task and no timer. Its inputs are a client frame
 result of a token check (:meth:`Session.refreshed`); its outputs are lists of
 typed actions (webrtc/actions.py) that the driver (connection_manager.py)
 runs. Its one state is :class:`SessionState`.
+
+:class:`SessionCore` is what a room's :class:`Session` shares with a user
+socket's session (calls/user_session.py): the checks every frame passes
+first, token refresh, the timer, ``call`` and ``call-cancel``.
 """
 
 from __future__ import annotations
@@ -145,8 +149,8 @@ class SessionCore(ABC):
         self.frames_in = 0
         self.state = SessionState.JOINING
         self.end: SessionEnded | None = None
+        # Whether it sent a ``call``: only then does its end look for calls to cancel.
         self.called = False
-        """Whether it sent a ``call``: only then does its end look for calls to cancel."""
 
     @property
     @abstractmethod
