@@ -227,14 +227,13 @@ class CallService:
             reply(_unknown_call(action.ref))
             return
         ended = transition.call
-        state = result
         if ticket is not None:
-            reply(frames.call_state(ended.call_id, state, room_id=ended.room_id, ticket=ticket))
+            reply(frames.call_state(ended.call_id, result, room_id=ended.room_id, ticket=ticket))
         else:
-            reply(frames.call_state(ended.call_id, state))
+            reply(frames.call_state(ended.call_id, result))  # declined, as its confirmation
         elsewhere = frames.call_state(ended.call_id, "answered-elsewhere")
         await self._tell_callee(ended, elsewhere, exclude=action.connection_id)
-        await self._tell_caller(ended, frames.call_state(ended.call_id, state))
+        await self._tell_caller(ended, frames.call_state(ended.call_id, result))
         _report(transition.event)
 
     async def cancel(self, action: CancelCall, reply: Reply) -> None:
