@@ -117,3 +117,53 @@ class Peer:
 
     def offer(self, to: str | None, sdp: str = "v=0\r\n", **extra: Any) -> dict[str, Any]:
         return {"type": "offer", "to": to, "payload": {"type": "offer", "sdp": sdp}, **extra}
+
+
+class Device(Peer):
+    """A user socket (``/ws/user``): a device of a user, reachable for calls."""
+
+    @property
+    def connection_id(self) -> str:
+        connection_id: str = self.welcome["payload"]["connection_id"]
+        return connection_id
+
+    @classmethod
+    async def open(cls, base_ws_url: str, token: str | None, **connect: Any) -> Device:
+        """Connect without reading anything."""
+        url = f"{base_ws_url}/ws/user" + (f"?token={token}" if token is not None else "")
+        return cls(await websockets.connect(url, open_timeout=5, max_size=None, **connect))
+
+    @classmethod
+    async def ready(cls, base_ws_url: str, user: str = "bob", token: str | None = None) -> Device:
+        """Connect and read ``ready`` (kept in ``welcome``)."""
+        device = await cls.open(base_ws_url, token or make_token(user))
+        device.welcome = await device.expect("ready")
+        return device
+
+    async def call(self, to_user: str, room: str, ref: str = "c1", data: Any = None) -> str:
+        """Ring ``to_user``; the call id from the ``ringing`` answer."""
+        await self.send(
+            {
+                "type": "call",
+                "id": ref,
+                "payload": {"to_user": to_user, "room_id": room, "data": data},
+            }
+        )
+        state = await self.expect("call-state")
+        assert state["ref"] == ref and state["payload"]["state"] == "ringing", state
+        call_id: str = state["payload"]["call_id"]
+        return call_id
+
+    async def answer(self, call_id: str, accept: bool = True, ref: str | None = None) -> None:
+        message: dict[str, Any] = {
+            "type": "call-answer",
+            "payload": {"call_id": call_id, "accept": accept},
+        }
+        if ref is not None:
+            message["id"] = ref
+        await self.send(message)
+
+    async def expect_state(self, state: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        message = await self.expect("call-state", timeout)
+        assert message["payload"]["state"] == state, message
+        return message

@@ -17,7 +17,7 @@ from second_brain_database.webrtc.schemas import (
     ServerMessageType,
     parse_client_frame,
 )
-from tests.peers import Peer, make_token
+from tests.peers import Device, Peer, make_token
 from tests.servers import SbdServer
 
 
@@ -43,8 +43,10 @@ def refs(node: Any) -> list[str]:
     return []
 
 
-def operation_types(document: dict[str, Any], operation: str) -> set[str]:
-    channel = document["channels"][asyncapi.CHANNEL]
+def operation_types(
+    document: dict[str, Any], operation: str, address: str = asyncapi.CHANNEL
+) -> set[str]:
+    channel = document["channels"][address]
     kinds: set[str] = set()
     for message_ref in channel[operation]["message"]["oneOf"]:
         message = resolve(document, message_ref["$ref"])
@@ -55,7 +57,7 @@ def operation_types(document: dict[str, Any], operation: str) -> set[str]:
 def test_document_is_well_formed_asyncapi(document: dict[str, Any]) -> None:
     assert document["asyncapi"] == "2.6.0"
     assert document["info"]["title"] and document["info"]["version"]
-    assert set(document["channels"]) == {"/ws/webrtc/{room_id}"}
+    assert set(document["channels"]) == {"/ws/webrtc/{room_id}", "/ws/user"}
     channel = document["channels"]["/ws/webrtc/{room_id}"]
     assert set(channel["parameters"]) == {"room_id"}  # every {param} of the address
     assert {"publish", "subscribe"} <= set(channel)
@@ -65,13 +67,34 @@ def test_document_is_well_formed_asyncapi(document: dict[str, Any]) -> None:
         assert message["name"] == name and message["payload"]["$ref"]
 
 
+USER_SOCKET_ONLY = {"ready", "incoming-call"}
+
+
 def test_every_message_type_of_the_schemas_is_documented(document: dict[str, Any]) -> None:
-    assert operation_types(document, "publish") == {t.value for t in ClientMessageType}
-    assert operation_types(document, "subscribe") == {t.value for t in ServerMessageType} | {
-        "notice"
+    assert operation_types(document, "publish") == {t.value for t in ClientMessageType} - {
+        "call-answer"
     }
-    codes = document["channels"][asyncapi.CHANNEL]["x-close-codes"]
-    assert set(codes) == {str(int(code)) for code in CloseCode}
+    assert (
+        operation_types(document, "subscribe")
+        == {t.value for t in ServerMessageType} - USER_SOCKET_ONLY
+    )
+    user = asyncapi.USER_CHANNEL
+    assert operation_types(document, "publish", user) == {
+        "call",
+        "call-answer",
+        "call-cancel",
+        "ping",
+        "refresh",
+        "leave",
+    }
+    assert operation_types(document, "subscribe", user) == USER_SOCKET_ONLY | {
+        "call-state",
+        "pong",
+        "error",
+    }
+    for address in (asyncapi.CHANNEL, user):
+        codes = document["channels"][address]["x-close-codes"]
+        assert set(codes) == {str(int(code)) for code in CloseCode}
 
 
 def test_payload_schemas_are_the_models_own(document: dict[str, Any]) -> None:
@@ -115,3 +138,32 @@ async def test_served_document_matches_and_real_frames_fit_it(server: SbdServer)
     for frame in client_frames[:2]:  # what the client sent is what the document allows
         parse_client_frame(orjson.dumps(frame))
     await a.close()
+
+
+async def test_real_user_socket_frames_fit_the_document(server: SbdServer) -> None:
+    by_type: dict[str, type[BaseModel]] = {}
+    for model in asyncapi.server_models():
+        schema = asyncapi.asyncapi_document()["components"]["schemas"][model.__name__]
+        for kind in asyncapi._message_types(schema):
+            by_type[kind] = model
+    phone = await Device.ready(server.ws_url, "asyncapi-bob")
+    caller = await Device.ready(server.ws_url, "asyncapi-alice")
+    sent: list[dict[str, Any]] = [
+        {"type": "call", "id": "c", "payload": {"to_user": "asyncapi-bob", "room_id": "r"}},
+        {"type": "ping"},
+    ]
+    for frame in sent:
+        await caller.send(frame)
+    ringing, pong = await caller.expect("call-state"), await caller.expect("pong")
+    incoming = await phone.expect("incoming-call")
+    await phone.answer(incoming["payload"]["call_id"])
+    accepted = await phone.expect("call-state")
+    await phone.send({"type": "offer", "to": "x", "payload": {"type": "offer", "sdp": "v=0"}})
+    refused = await phone.expect("error")
+    frames = [phone.welcome, caller.welcome, ringing, pong, incoming, accepted, refused]
+    for frame in frames:
+        TypeAdapter(by_type[frame["type"]]).validate_python(frame)
+    for frame in sent:
+        parse_client_frame(orjson.dumps(frame))
+    await phone.close()
+    await caller.close()

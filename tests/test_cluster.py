@@ -18,8 +18,9 @@ from redis.cluster import RedisCluster
 
 from second_brain_database.auth.tickets import issued_key
 from second_brain_database.limits.connections import lease_key
+from second_brain_database.webrtc.broker.redis_keys import UserKeys
 from tests.conftest import RESUME_TTL, SbdFactory
-from tests.peers import Peer, make_token
+from tests.peers import Device, Peer, make_token
 from tests.servers import BIN_DIR, TEST_SECRET, RedisClusterServers, SbdServer, two_instances
 
 _rooms = itertools.count()
@@ -231,3 +232,31 @@ def test_check_reports_the_cluster(redis_cluster: RedisClusterServers) -> None:
     [line] = [line for line in result.stdout.splitlines() if line.split()[1] == "redis"]
     assert line.startswith(f"ok    redis     {redis_cluster.url}: PONG in ")
     assert "(Cluster of 3 masters; " in line
+
+
+async def test_calls_ring_and_answer_across_instances_on_a_cluster(
+    redis_cluster: RedisClusterServers, instances: tuple[SbdServer, SbdServer]
+) -> None:
+    """User channels on every shard (sharded Pub/Sub), a call's key on its
+    own slot: callees whose channels fall on each master in turn are rung
+    from the other instance, answer, and the caller hears it."""
+    first, second = instances
+    client = RedisCluster.from_url(redis_cluster.url)
+    callees: dict[str, str] = {}
+    for i in itertools.count():
+        user = f"callee-{i}"
+        node = client.get_node_from_key(UserKeys.of(user).channel)
+        assert node is not None
+        callees.setdefault(node.name, user)
+        if len(callees) == 3:
+            break
+    client.close()
+    caller = await Device.ready(first.ws_url, "caller-on-cluster")
+    for callee in callees.values():
+        phone = await Device.ready(second.ws_url, callee)
+        call_id = await caller.call(callee, "cluster-call", ref=callee)
+        assert (await phone.expect("incoming-call"))["payload"]["call_id"] == call_id
+        await phone.answer(call_id)
+        assert (await phone.expect_state("accepted"))["payload"]["ticket"]
+        await caller.expect_state("accepted")
+        await phone.close()

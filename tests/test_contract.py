@@ -18,7 +18,7 @@ import jwt
 import pytest
 from pydantic import TypeAdapter
 
-from second_brain_database.webrtc.connection_manager import new_peer_id
+from second_brain_database.webrtc.ids import new_peer_id
 from second_brain_database.webrtc.schemas import ServerMessage
 from tests.conftest import RESUME_TTL, start_shared_server
 from tests.peers import Peer, make_token

@@ -9,14 +9,13 @@ from typing import Any
 
 import orjson
 
-from second_brain_database.auth.tokens import Principal, TokenService
+from second_brain_database.auth.tokens import Principal
 from second_brain_database.config import Settings
 from second_brain_database.webrtc import server_frames
-from second_brain_database.webrtc.broker.memory_pubsub import MemoryPubSub
-from second_brain_database.webrtc.broker.memory_rooms import MemoryRoomStore
 from second_brain_database.webrtc.broker.model import Envelope, Member
 from second_brain_database.webrtc.connection import Connection
 from second_brain_database.webrtc.connection_manager import ConnectionManager
+from second_brain_database.webrtc.service import SignalingService
 from second_brain_database.webrtc.session import Session
 from second_brain_database.webrtc.transport import SignalingSocket
 
@@ -51,27 +50,26 @@ class RecordingSocket(SignalingSocket):
         return None
 
 
-def live_connection(manager: ConnectionManager, member: Member, *, joining: bool) -> Connection:
+def live_connection(
+    manager: ConnectionManager, member: Member, *, joining: bool
+) -> Connection[Session]:
     principal = Principal(member.user_id, member.name, time.time() + 60)
     session = Session(ROOM, member, principal, manager.settings, 0.0)
     session.welcomed()
-    connection = Connection(RecordingSocket(), session)
+    connection: Connection[Session] = Connection(RecordingSocket(), session)
     connection.joining = joining
     manager._local.setdefault(ROOM, {})[member.peer_id] = connection  # as run() registers it
     return connection
 
 
-def types(connection: Connection) -> list[str]:
+def types(connection: Connection[Session]) -> list[str]:
     assert isinstance(connection.socket, RecordingSocket)
     return [orjson.loads(frame)["type"] for frame in connection.socket.sent]
 
 
 def test_a_joining_peer_gets_nothing_published_before_its_own_join() -> None:
     settings = Settings(jwt_secret="x" * 32)
-    pubsub = MemoryPubSub()
-    manager = ConnectionManager(
-        pubsub, MemoryRoomStore(pubsub, resume_ttl=0), TokenService(settings), settings
-    )
+    manager = SignalingService.build(settings, None).manager  # embedded, not started
     alice = live_connection(manager, ALICE, joining=False)
     bob = live_connection(manager, BOB, joining=True)
     chat = orjson.dumps({"type": "app", "from": "pa", "payload": {}}).decode()
@@ -89,10 +87,7 @@ def test_a_joining_peer_gets_nothing_published_before_its_own_join() -> None:
 
 def test_a_resuming_peer_is_not_held_back() -> None:
     settings = Settings(jwt_secret="x" * 32)
-    pubsub = MemoryPubSub()
-    manager = ConnectionManager(
-        pubsub, MemoryRoomStore(pubsub, resume_ttl=0), TokenService(settings), settings
-    )
+    manager = SignalingService.build(settings, None).manager  # embedded, not started
     bob = live_connection(manager, BOB, joining=False)
     manager.deliver(ROOM, server_frames.user_joined(ALICE))
     assert types(bob) == ["user-joined"]

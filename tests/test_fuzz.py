@@ -48,6 +48,8 @@ from second_brain_database.webrtc.schemas import (
     SERVER_ONLY_TYPES,
     AnswerMessage,
     AppMessage,
+    CallAnswerMessage,
+    CallCancelMessage,
     ClientMessageType,
     ErrorCode,
     IceCandidateMessage,
@@ -220,6 +222,7 @@ payloads = (
     | media_payloads
     | st.fixed_dictionaries({"token": text | json_values})
     | st.fixed_dictionaries({"peer_id": targets})
+    | st.fixed_dictionaries({"call_id": text | json_values}, optional={"accept": json_values})
 )
 messages = st.fixed_dictionaries(
     {"type": kinds},
@@ -297,6 +300,10 @@ def oracle(frame: str | bytes, me: str, bystanders: set[str]) -> Expected:
         return Expected(close=1000)
     if isinstance(message, KickMessage | RefreshMessage):
         return Expected((_error(ErrorCode.FORBIDDEN),))
+    if isinstance(message, CallAnswerMessage):  # a room socket answers no call
+        return Expected((_error(ErrorCode.INVALID_MESSAGE),))
+    if isinstance(message, CallCancelMessage):  # the fuzzer never started one
+        return Expected((_error(ErrorCode.UNKNOWN_CALL),))
     to = getattr(message, "to", None)
     if to == me or not _relayable(message):
         return Expected((_error(ErrorCode.INVALID_MESSAGE),))

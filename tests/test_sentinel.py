@@ -16,7 +16,7 @@ import redis
 
 from second_brain_database.config import Settings
 from tests.conftest import RESUME_TTL, SHARED_SERVER_ENV
-from tests.peers import Peer, make_token
+from tests.peers import Device, Peer, make_token
 from tests.servers import (
     BIN_DIR,
     TEST_SECRET,
@@ -147,3 +147,18 @@ def test_one_password_setting_at_a_time() -> None:
         Settings(redis_url="redis://:a@127.0.0.1:6379/0", redis_password="b")
     with pytest.raises(ValueError, match="host:port"):
         Settings(redis_sentinels="127.0.0.1")
+
+
+async def test_a_call_rings_and_is_answered_across_instances_through_sentinel(
+    sentinels: SentinelCluster, instances: tuple[SbdServer, SbdServer]
+) -> None:
+    one, two = instances
+    caller = await Device.ready(one.ws_url, "sentinel-alice")
+    phone = await Device.ready(two.ws_url, "sentinel-bob")
+    call_id = await caller.call("sentinel-bob", new_room())
+    assert (await phone.expect("incoming-call"))["payload"]["call_id"] == call_id
+    # The call is on the primary the Sentinels name.
+    assert primary_client(sentinels).hget(f"sbd:call:{{{call_id}}}", "state") == b"ringing"
+    await phone.answer(call_id)
+    assert (await phone.expect_state("accepted"))["payload"]["ticket"]
+    await caller.expect_state("accepted")

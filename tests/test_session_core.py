@@ -4,6 +4,7 @@ in, typed actions out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import orjson
 import pytest
@@ -11,16 +12,21 @@ import pytest
 from second_brain_database.auth.tokens import Principal
 from second_brain_database.config import Settings
 from second_brain_database.webrtc.actions import (
+    AnswerCall,
     BarrierPassed,
+    CancelCall,
     Close,
     Kick,
     Publish,
     Send,
     SetMedia,
+    StartCall,
     VerifyRefresh,
 )
 from second_brain_database.webrtc.broker.control import Control, ControlKind
 from second_brain_database.webrtc.broker.model import Member
+from second_brain_database.webrtc.calls.model import CallerRoute
+from second_brain_database.webrtc.calls.user_session import UserSession
 from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import (
     TOO_BIG,
@@ -40,8 +46,10 @@ def make_session(role: str | None = None, burst: int = 400, expires_in: float = 
     return session
 
 
-def feed(session: Session, message: dict[str, object] | str | bytes) -> list[object]:
-    data = orjson.dumps(message).decode() if isinstance(message, dict) else message
+def feed(
+    session: Session | UserSession, message: Mapping[str, object] | str | bytes
+) -> list[object]:
+    data = message if isinstance(message, (str, bytes)) else orjson.dumps(dict(message)).decode()
     return list(session.receive(read_frame(data, MAX), 1.0))
 
 
@@ -171,3 +179,72 @@ def test_timer_closes_on_expiry_and_idleness() -> None:
     assert idle.next_check_in(1.0, time.time()) == pytest.approx(idle.idle_timeout - 1.0)
     [close] = idle.timer_fired(idle.idle_timeout + 1, time.time())
     assert isinstance(close, Close) and close.code == CloseCode.IDLE
+
+
+# --- calls, sans I/O: the room session and the user socket's session -----------
+
+
+def make_user_session(**claims: object) -> UserSession:
+    settings = Settings(jwt_secret="x" * 32)
+    principal = Principal("alice", "Alice", time.time() + 3600, **claims)  # type: ignore[arg-type]
+    session = UserSession(principal, settings, 0.0)
+    session.welcomed()
+    return session
+
+
+def call(to_user: str = "bob", room: str = "r", **extra: object) -> dict[str, object]:
+    return {"type": "call", "id": "c", "payload": {"to_user": to_user, "room_id": room, **extra}}
+
+
+def test_a_call_becomes_start_call_with_the_sessions_route() -> None:
+    user = make_user_session()
+    [start] = feed(user, call(data={"v": 1}))
+    assert isinstance(start, StartCall)
+    assert start.route == CallerRoute.user_socket(user.connection_id) and user.called
+    assert start.request.data == {"v": 1} and start.ref == "c"
+    room = make_session()
+    [start] = feed(room, call())
+    assert isinstance(start, StartCall) and start.route == CallerRoute.in_room("room", "pa")
+
+
+@pytest.mark.parametrize(
+    ("claims", "frame", "code"),
+    [
+        ({}, call("alice"), "invalid_message"),
+        ({"calls": ("carol",)}, call("bob"), "forbidden"),
+        ({"calls": ("*",)}, call("bob", room="x y"), "invalid_message"),
+        ({"rooms": ("only",)}, call("bob"), "forbidden"),
+        ({}, call(data="x" * 1100), "invalid_message"),
+    ],
+)
+def test_refused_calls_start_nothing(
+    claims: dict[str, object], frame: dict[str, object], code: str
+) -> None:
+    session = make_user_session(**claims)
+    [refused] = feed(session, frame)
+    assert error_code(refused) == code and not session.called
+
+
+def test_what_each_socket_takes() -> None:
+    user = make_user_session()
+    answer = {"type": "call-answer", "payload": {"call_id": "k", "accept": True}}
+    [answered] = feed(user, answer)
+    assert isinstance(answered, AnswerCall) and answered.connection_id == user.connection_id
+    [cancel] = feed(user, {"type": "call-cancel", "payload": {"call_id": "k"}})
+    assert isinstance(cancel, CancelCall)
+    offer = {"type": "offer", "to": "x", "payload": {"type": "offer", "sdp": "v=0"}}
+    assert error_code(feed(user, offer)[0]) == "invalid_message"
+    [pong] = feed(user, {"type": "ping"})
+    assert isinstance(pong, Send) and "pong" in pong.frame
+    [close] = feed(user, {"type": "leave"})
+    assert isinstance(close, Close) and close.code == CloseCode.NORMAL
+    # A room socket answers no call.
+    assert error_code(feed(make_session(), answer)[0]) == "invalid_message"
+
+
+def test_a_user_sessions_refresh_keeps_the_user() -> None:
+    user = make_user_session()
+    other = Principal("mallory", "M", time.time() + 60)
+    assert error_code(user.refreshed(other, "", None)[0]) == "forbidden"
+    fresh = Principal("alice", "Alice", time.time() + 7200)
+    assert user.refreshed(fresh, "", None) == [] and user.principal is fresh

@@ -276,6 +276,7 @@ async def test_a_receiver_that_was_down_gets_everything_in_order(
         alice = await Peer.join(server.ws_url, room, user="alice")
         bob = await Peer.join(server.ws_url, room, user="bob")
         await bob.send({"type": "leave"})
+        await bob.expect_close()  # two sockets: the leaves must not race
         await alice.send({"type": "leave"})
         expected[room] = [
             ("room.started", "", ""),

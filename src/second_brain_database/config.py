@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     """
     # A connection that sends no message at all (not even ping) for this long
     # is closed with 4408: it only holds a place in the room.
+    call_ring_timeout: float = Field(default=30, gt=0)
+    """Seconds a call rings before it is `missed` (docs/protocol.md, "Calls")."""
+    call_max_ringing: int = Field(default=5, gt=0)
+    """Calls one user may have ringing at once; one more gets `rate_limited`."""
     idle_timeout: float = Field(default=300, gt=0)
     """Seconds without any valid client message before close 4408."""
     rate_limit_per_s: float = Field(default=100, gt=0)

@@ -61,6 +61,8 @@ def _encode(principal: Principal, room_id: str, expires_at: float) -> bytes:
             "expires_at": principal.expires_at,
             "rooms": principal.rooms,
             "role": principal.role,
+            # A room socket opened by ticket may ring users: the same limit as its token.
+            "calls": principal.calls,
             "room_id": room_id,
             "ticket_expires_at": expires_at,
         }
@@ -74,12 +76,14 @@ def _decode(stored: bytes | str, room_id: str) -> Principal:
     if data["ticket_expires_at"] <= time.time():
         raise InvalidToken("ticket expired")
     rooms = data["rooms"]
+    calls = data.get("calls")
     return Principal(
         user_id=data["user_id"],
         name=data["name"],
         expires_at=data["expires_at"],
         rooms=tuple(rooms) if rooms is not None else None,
         role=data["role"],
+        calls=tuple(calls) if calls is not None else None,
     )
 
 

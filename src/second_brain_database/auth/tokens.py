@@ -91,9 +91,14 @@ class Principal:
     rooms: tuple[str, ...] | None = None
     role: str | None = None
     ice_policy: IcePolicy = "all"
+    calls: tuple[str, ...] | None = None
+    """The ``calls`` claim: the users this token may ring (None: anyone)."""
 
     def may_join(self, room_id: str) -> bool:
         return self.rooms is None or "*" in self.rooms or room_id in self.rooms
+
+    def may_call(self, user_id: str) -> bool:
+        return self.calls is None or "*" in self.calls or user_id in self.calls
 
     @property
     def is_host(self) -> bool:
@@ -361,6 +366,11 @@ def _principal(claims: dict[str, Any]) -> Principal:
         isinstance(rooms, list) and all(isinstance(r, str) for r in rooms)
     ):
         raise InvalidToken("invalid rooms claim")
+    calls = claims.get("calls")
+    if calls is not None and not (
+        isinstance(calls, list) and all(isinstance(u, str) for u in calls)
+    ):
+        raise InvalidToken("invalid calls claim")
     role = claims.get("role")
     return Principal(
         user_id=user_id,
@@ -369,6 +379,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
         rooms=tuple(rooms) if rooms is not None else None,
         role=role if isinstance(role, str) else None,
         ice_policy=_ice_policy(claims),
+        calls=tuple(calls) if calls is not None else None,
     )
 
 

@@ -12,22 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from second_brain_database.auth.tokens import InvalidToken, Principal, TokenService
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.actions import (
     NEEDS_AWAIT,
     Action,
+    AnswerCall,
     BarrierPassed,
+    CancelCall,
     Close,
     Kick,
     Publish,
     Send,
     SetMedia,
+    StartCall,
     VerifyRefresh,
 )
 from second_brain_database.webrtc.broker import BrokerUnavailable
 from second_brain_database.webrtc.broker.room_store import RoomStore, SynchronousRoomStore
+from second_brain_database.webrtc.calls.service import CallService
 from second_brain_database.webrtc.connection import Connection
 from second_brain_database.webrtc.schemas import ErrorCode, ProtocolError
 from second_brain_database.webrtc.session import (
@@ -48,9 +53,16 @@ INTERNAL = "the server could not process this message"
 _LIVE = SessionState.LIVE
 
 
+# Room sessions and user sockets alike (their sessions share SessionCore).
+AnyConnection = Connection[Any]
+
+
 class ActionRunner:
-    def __init__(self, rooms: RoomStore, tokens: TokenService, max_message_bytes: int) -> None:
+    def __init__(
+        self, rooms: RoomStore, calls: CallService, tokens: TokenService, max_message_bytes: int
+    ) -> None:
         self._rooms = rooms
+        self._calls = calls
         self._tokens = tokens
         self._max_bytes = max_message_bytes
         self._synchronous_store = rooms if isinstance(rooms, SynchronousRoomStore) else None
@@ -60,7 +72,7 @@ class ActionRunner:
         """Whether relays can run in the read callback (the store never waits)."""
         return self._synchronous_store is not None
 
-    async def read_forever(self, connection: Connection) -> None:
+    async def read_forever(self, connection: AnyConnection) -> None:
         receive = connection.socket.receive
         session = connection.session
         max_bytes = self._max_bytes
@@ -96,7 +108,7 @@ class ActionRunner:
                     error(ProtocolError(ErrorCode.INVALID_MESSAGE, INTERNAL, ref)).frame
                 )
 
-    def on_arrival(self, connection: Connection, data: str | bytes) -> bool:
+    def on_arrival(self, connection: AnyConnection, data: str | bytes) -> bool:
         """Handle a relayed message or a ping in the socket's read callback:
         with the embedded broker none of their actions waits, and the socket
         calls this only while the session's reader is idle, so nothing the
@@ -118,7 +130,7 @@ class ActionRunner:
             )
         return True
 
-    def run_now(self, connection: Connection, actions: list[Action]) -> None:
+    def run_now(self, connection: AnyConnection, actions: list[Action]) -> None:
         """Run actions that never wait (Send, Close, BarrierPassed, and Publish
         with a synchronous broker)."""
         for action in actions:
@@ -134,7 +146,7 @@ class ActionRunner:
             elif type(action) is BarrierPassed:
                 connection.barrier.set()
 
-    async def run(self, connection: Connection, actions: list[Action]) -> None:
+    async def run(self, connection: AnyConnection, actions: list[Action]) -> None:
         """Run actions in order, awaiting those that wait; a Close ends the reader."""
         session = connection.session
         for action in actions:
@@ -149,9 +161,15 @@ class ActionRunner:
             else:
                 self.run_now(connection, [action])
 
-    async def _run_waiting(self, connection: Connection, action: Action) -> None:
+    async def _run_waiting(self, connection: AnyConnection, action: Action) -> None:
         session = connection.session
-        if isinstance(action, SetMedia):
+        if isinstance(action, StartCall):
+            await self._calls.start_call(action, connection.enqueue)
+        elif isinstance(action, AnswerCall):
+            await self._calls.answer(action, connection.enqueue)
+        elif isinstance(action, CancelCall):
+            await self._calls.cancel(action, connection.enqueue)
+        elif isinstance(action, SetMedia):
             await self._rooms.set_media(session.room_id, action.media, action.envelope)
         elif isinstance(action, Kick):
             if not await self._rooms.kick(session.room_id, action.peer_id):

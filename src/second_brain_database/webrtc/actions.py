@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from second_brain_database.auth.tokens import Principal
 from second_brain_database.webrtc.broker.model import Envelope
+from second_brain_database.webrtc.calls.model import CallerRoute
+from second_brain_database.webrtc.schemas import CallPayload
 
 
 @dataclass(slots=True)
@@ -65,6 +68,49 @@ class BarrierPassed:
     """Every frame published before this session's hand-over has arrived."""
 
 
-Action = Send | Publish | SetMedia | VerifyRefresh | Kick | Close | BarrierPassed
-NEEDS_AWAIT = (SetMedia, VerifyRefresh, Kick)
+@dataclass(slots=True)
+class StartCall:
+    """Ring ``request.to_user`` for ``caller`` (checked already: claims, not
+    oneself); ``call-state`` frames go to ``route``, ``ringing`` with ``ref``."""
+
+    request: CallPayload
+    caller: Principal
+    route: CallerRoute
+    ref: str | None
+
+
+@dataclass(slots=True)
+class AnswerCall:
+    """Answer ``call_id`` as ``callee`` from user socket ``connection_id``;
+    ``unknown_call`` unless it rings that user."""
+
+    call_id: str
+    accept: bool
+    callee: Principal
+    connection_id: str
+    ref: str | None
+
+
+@dataclass(slots=True)
+class CancelCall:
+    """Cancel ``call_id``; ``unknown_call`` unless it rings and ``route`` started it."""
+
+    call_id: str
+    route: CallerRoute
+    ref: str | None
+
+
+Action = (
+    Send
+    | Publish
+    | SetMedia
+    | VerifyRefresh
+    | Kick
+    | Close
+    | BarrierPassed
+    | StartCall
+    | AnswerCall
+    | CancelCall
+)
+NEEDS_AWAIT = (SetMedia, VerifyRefresh, Kick, StartCall, AnswerCall, CancelCall)
 """Actions that wait on the backend or the token verifier whatever the broker."""

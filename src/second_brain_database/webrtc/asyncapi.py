@@ -16,13 +16,16 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from second_brain_database.webrtc.schemas import (
     ROOM_ID_PATTERN,
-    ClientMessage,
     CloseCode,
+    RoomClientMessage,
     ServerMessage,
+    UserClientMessage,
+    UserServerMessage,
 )
 
 ASYNCAPI_VERSION = "2.6.0"
 CHANNEL = "/ws/webrtc/{room_id}"
+USER_CHANNEL = "/ws/user"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 CLOSE_CODES: dict[int, str] = {
@@ -58,12 +61,43 @@ def _union_members(union: Any) -> list[type[BaseModel]]:
     return members
 
 
+def _merged(*unions: Any) -> list[type[BaseModel]]:
+    models: list[type[BaseModel]] = []
+    for union in unions:
+        models.extend(m for m in _union_members(union) if m not in models)
+    return models
+
+
 def client_models() -> list[type[BaseModel]]:
-    return _union_members(ClientMessage)
+    """What clients send, on either socket."""
+    return _merged(RoomClientMessage, UserClientMessage)
 
 
 def server_models() -> list[type[BaseModel]]:
-    return _union_members(ServerMessage)
+    """What the server sends, on either socket."""
+    return _merged(ServerMessage, UserServerMessage)
+
+
+def _operations(sends: Any, receives: Any, first: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A channel's ``publish`` and ``subscribe``: the messages of its unions."""
+
+    def one_of(union: Any, prefix: str) -> list[dict[str, str]]:
+        return [
+            {"$ref": f"#/components/messages/{prefix}{m.__name__}"} for m in _union_members(union)
+        ]
+
+    return (
+        {
+            "operationId": "clientSends",
+            "summary": "Frames a client sends.",
+            "message": {"oneOf": one_of(sends, "client.")},
+        },
+        {
+            "operationId": "clientReceives",
+            "summary": f"Frames the server sends; `{first}` is always first.",
+            "message": {"oneOf": one_of(receives, "server.")},
+        },
+    )
 
 
 def _summary(model: type[BaseModel]) -> str:
@@ -90,8 +124,6 @@ def asyncapi_document(server_url: str = "localhost:8000", protocol: str = "ws") 
     schemas: dict[str, Any] = top.get("$defs", {})
 
     messages: dict[str, Any] = {}
-    publish: list[dict[str, str]] = []
-    subscribe: list[dict[str, str]] = []
     for model, mode in pairs:
         ref = refs[(model, mode)]["$ref"]
         name = ("client." if mode == "validation" else "server.") + model.__name__
@@ -103,9 +135,8 @@ def asyncapi_document(server_url: str = "localhost:8000", protocol: str = "ws") 
             "contentType": "application/json",
             "payload": {"$ref": ref},
         }
-        (publish if mode == "validation" else subscribe).append(
-            {"$ref": f"#/components/messages/{name}"}
-        )
+    room_publish, room_subscribe = _operations(RoomClientMessage, ServerMessage, "welcome")
+    user_publish, user_subscribe = _operations(UserClientMessage, UserServerMessage, "ready")
 
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -114,7 +145,8 @@ def asyncapi_document(server_url: str = "localhost:8000", protocol: str = "ws") 
             "title": "Second Brain Database signaling",
             "version": "1",
             "description": (
-                "Room-based WebRTC signaling over one WebSocket per peer. Every frame is a "
+                "Room-based WebRTC signaling over one WebSocket per peer, and user sockets "
+                "that ring a user's devices for calls. Every frame is a "
                 "JSON object in a text frame with a `type`. Generated from the server's "
                 "Pydantic models; see docs/protocol.md for the rules around them."
             ),
@@ -146,18 +178,27 @@ def asyncapi_document(server_url: str = "localhost:8000", protocol: str = "ws") 
                         },
                     }
                 },
-                "publish": {
-                    "operationId": "clientSends",
-                    "summary": "Frames a client sends.",
-                    "message": {"oneOf": publish},
-                },
-                "subscribe": {
-                    "operationId": "clientReceives",
-                    "summary": "Frames the server sends; `welcome` is always first.",
-                    "message": {"oneOf": subscribe},
-                },
+                "publish": room_publish,
+                "subscribe": room_subscribe,
                 "x-close-codes": close_codes(),
-            }
+            },
+            USER_CHANNEL: {
+                "description": "A device of the token's user, reachable for calls.",
+                "bindings": {
+                    "ws": {
+                        "bindingVersion": "0.1.0",
+                        "query": {
+                            "type": "object",
+                            "properties": {
+                                "token": {"type": "string", "description": "access token (JWT)"}
+                            },
+                        },
+                    }
+                },
+                "publish": user_publish,
+                "subscribe": user_subscribe,
+                "x-close-codes": close_codes(),
+            },
         },
         "components": {"schemas": schemas, "messages": messages},
     }

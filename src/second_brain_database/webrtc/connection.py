@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker.control import is_control
 from second_brain_database.webrtc.broker.model import MAILBOX_MAX_FRAMES
 from second_brain_database.webrtc.schemas import CloseCode
-from second_brain_database.webrtc.session import Session, SessionState
+from second_brain_database.webrtc.session import SessionCore, SessionState
 from second_brain_database.webrtc.transport import CLOSE_TIMEOUT_S, SignalingSocket
 
 JOIN_ECHO_TIMEOUT_S = 1.0
@@ -50,8 +50,13 @@ class Flag:
         await asyncio.shield(self._waiter)
 
 
-class Connection:
-    """One accepted WebSocket serving one :class:`Session`."""
+S = TypeVar("S", bound=SessionCore)
+
+
+class Connection(Generic[S]):
+    """One accepted WebSocket serving one session: a room's
+    (:class:`~second_brain_database.webrtc.session.Session`) or a user
+    socket's (:class:`~second_brain_database.webrtc.calls.user_session.UserSession`)."""
 
     __slots__ = (
         "_deadline",
@@ -65,7 +70,7 @@ class Connection:
         "socket",
     )
 
-    def __init__(self, socket: SignalingSocket, session: Session) -> None:
+    def __init__(self, socket: SignalingSocket, session: S) -> None:
         self.socket = socket
         self.session = session
         self.barrier = Flag()
@@ -95,10 +100,15 @@ class Connection:
         self.frames_out += 1
         metrics.DELIVERED.inc()
 
-    def start(self, welcome: str, mailbox: list[str]) -> None:
-        """Send the welcome, the mailbox, what arrived meanwhile, then live frames."""
+    def start(self, welcome: str, mailbox: list[str], *, distinct: bool = False) -> None:
+        """Send the welcome, the mailbox, what arrived meanwhile, then live
+        frames. ``distinct``: what arrived meanwhile and is in the mailbox
+        already is not sent twice (a user socket's ringing calls, read while
+        they could also be published to it)."""
         session = self.session
         arrived, self._held = self._held, []
+        if distinct:
+            arrived = [frame for frame in arrived if frame not in mailbox]
         session.welcomed()
         self.socket.send(welcome)  # the queue is empty: it always fits
         self.frames_out += 1

@@ -16,12 +16,11 @@ of the peer's mailbox. docs/reliability.md describes the guarantees.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
-import secrets
 import time
+from typing import Any
 
 from second_brain_database.auth.tokens import Principal, TokenService
 from second_brain_database.config import Settings
@@ -41,7 +40,9 @@ from second_brain_database.webrtc.broker import (
 from second_brain_database.webrtc.broker.control import CONTROL_PREFIX, Control, ControlKind
 from second_brain_database.webrtc.broker.pubsub import PubSub
 from second_brain_database.webrtc.broker.room_store import RoomStore
+from second_brain_database.webrtc.calls.service import CallService
 from second_brain_database.webrtc.connection import Connection
+from second_brain_database.webrtc.ids import new_peer_id
 from second_brain_database.webrtc.schemas import CloseCode
 from second_brain_database.webrtc.session import (
     Session,
@@ -64,26 +65,25 @@ FINAL_CLOSES = frozenset(
 _KNOWN_CLOSES = frozenset(int(code) for code in CloseCode) | {1005, 1006}
 
 
-def new_peer_id() -> str:
-    """80 random bits in lowercase base32: no leading ``-`` or ``_``, so a
-    peer id is never taken for an option when an operator passes it to
-    ``sbd kick`` or to any other command line."""
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
-
-
 class ConnectionManager:
     def __init__(
-        self, pubsub: PubSub, rooms: RoomStore, tokens: TokenService, settings: Settings
+        self,
+        pubsub: PubSub,
+        rooms: RoomStore,
+        calls: CallService,
+        tokens: TokenService,
+        settings: Settings,
     ) -> None:
         self.pubsub = pubsub
         self.rooms = rooms
+        self.calls = calls
         self.tokens = tokens
         self.settings = settings
-        self._local: dict[str, dict[str, Connection]] = {}
+        self._local: dict[str, dict[str, Connection[Session]]] = {}
         # Relay latency is a cross-instance figure: in-process delivery (the
         # embedded store) would only add zeros, at a histogram lock a message.
-        self._runner = ActionRunner(rooms, tokens, settings.max_message_bytes)
-        self._measure_relay = not self._runner.handles_on_arrival
+        self.runner = ActionRunner(rooms, calls, tokens, settings.max_message_bytes)
+        self._measure_relay = not self.runner.handles_on_arrival
         pubsub.set_listener(self.deliver, self.resync)
 
     @property
@@ -108,7 +108,7 @@ class ConnectionManager:
             else:
                 control = Control.decode(frame)
                 if control is not None:
-                    self._runner.run_now(connection, connection.session.control(control))
+                    self.runner.run_now(connection, connection.session.control(control))
             return
         for peer_id, connection in local.items():
             if not envelope.excludes(peer_id):
@@ -139,7 +139,7 @@ class ConnectionManager:
         member = Member(peer_id, principal.user_id, principal.name)
         bind_session(room_id, peer_id, principal.user_id)
         session = Session(room_id, member, principal, self.settings, time.monotonic())
-        connection = Connection(socket, session)
+        connection: Connection[Session] = Connection(socket, session)
         connection.joining = resume_token is None
         try:
             if old_secret is not None:
@@ -172,12 +172,11 @@ class ConnectionManager:
             end = session.finish(CloseCode.GOING_AWAY, "")
             await connection.stop_writing()
             await socket.close(end.code, end.reason)
-            code = end.code if end.code in _KNOWN_CLOSES else "other"
-            metrics.CONNECTIONS_CLOSED.labels(code=str(code)).inc()
+            metrics.CONNECTIONS_CLOSED.labels(code=close_label(end.code)).inc()
             connection.finished.set()
-            _log_end(connection)
+            log_end(connection)
 
-    async def _serve(self, connection: Connection, old_secret: str | None) -> None:
+    async def _serve(self, connection: Connection[Session], old_secret: str | None) -> None:
         session = connection.session
         room_id = session.room_id
         try:
@@ -208,10 +207,10 @@ class ConnectionManager:
                 mailbox,
             )
             del participants, mailbox  # held by this frame for the whole session otherwise
-            if self._runner.handles_on_arrival:
-                on_arrival = functools.partial(self._runner.on_arrival, connection)
+            if self.runner.handles_on_arrival:
+                on_arrival = functools.partial(self.runner.on_arrival, connection)
                 connection.socket.handle_on_arrival(on_arrival)
-            await self._runner.read_forever(connection)
+            await self.runner.read_forever(connection)
         finally:
             if joined:
                 await self._depart(connection)
@@ -251,7 +250,7 @@ class ConnectionManager:
             await asyncio.sleep(0.02)
         raise BrokerUnavailable("resume handover did not converge")
 
-    async def _depart(self, connection: Connection) -> None:
+    async def _depart(self, connection: Connection[Session]) -> None:
         """Leave for good, or hand the peer over for a resume."""
         session = connection.session
         end = session.finish(CloseCode.GOING_AWAY, "")
@@ -261,6 +260,10 @@ class ConnectionManager:
                 await self.rooms.leave(
                     session.room_id, session.member, session.owner, end.departure
                 )
+                if session.called:
+                    # Gone for good: its ringing calls stop. (A peer away for
+                    # a resume keeps them: its resumed session hears them.)
+                    await self.calls.caller_gone(session.principal.user_id, session.route)
                 return
             if not await self.rooms.away(session.room_id, session.member, session.owner):
                 return  # another session serves the peer now
@@ -271,7 +274,7 @@ class ConnectionManager:
             metrics.BROKER_ERRORS.inc()
             logger.warning("could not hand over peer %s: %s", session.peer_id, exc)
 
-    def _forget(self, connection: Connection) -> None:
+    def _forget(self, connection: Connection[Session]) -> None:
         session = connection.session
         local = self._local.get(session.room_id)
         if local is not None and local.get(session.peer_id) is connection:
@@ -303,7 +306,12 @@ class ConnectionManager:
                 await asyncio.wait_for(connection.finished.wait(), HANDOVER_TIMEOUT_S)
 
 
-def _log_end(connection: Connection) -> None:
+def close_label(code: int) -> str:
+    """A close code as a metrics label: a client's own code is "other"."""
+    return str(code) if code in _KNOWN_CLOSES else "other"
+
+
+def log_end(connection: Connection[Any]) -> None:
     """One structured line per session (room, peer and user ids come from
     the log context, logging_setup.bind_session; never a token)."""
     session = connection.session

@@ -78,11 +78,28 @@ async def admit_websocket(
     token: str | None = None,
     ticket: str | None = None,
 ) -> Admitted | None:
-    """Admit a signaling WebSocket, or close it with the contract's code.
+    """Admit a room's signaling WebSocket, or close it with the contract's code.
 
     Returns the caller once the socket is accepted, or None once it is closed
     (1008, 1012, 1013, 4003, 4029 or 4400, with a short reason)."""
-    principal = await _admit(websocket, room_id, service, token, ticket)
+    return await _accept(
+        websocket, service, await _admit(websocket, room_id, service, token, ticket)
+    )
+
+
+async def admit_user_websocket(
+    websocket: WebSocket, service: Service, token: str | None = None
+) -> Admitted | None:
+    """Admit a user socket (``/ws/user?token=``): the same checks, limits and
+    close codes as a room's, without a room (so without tickets, which are
+    bound to one)."""
+    return await _accept(websocket, service, await _admit(websocket, None, service, token, None))
+
+
+async def _accept(
+    websocket: WebSocket, service: SignalingService, principal: Principal | None
+) -> Admitted | None:
+    """Count the admitted caller against its per-user cap, then accept."""
     if principal is None:
         return None
     connections = service.admission.connections
@@ -101,7 +118,7 @@ async def admit_websocket(
 
 async def _admit(
     websocket: WebSocket,
-    room_id: str,
+    room_id: str | None,
     service: SignalingService,
     token: str | None,
     ticket: str | None,
@@ -122,7 +139,7 @@ async def _admit(
     if service.draining:
         await _reject(websocket, CloseCode.SERVICE_RESTART, "server is restarting")
         return None
-    if not ROOM_ID_RE.fullmatch(room_id):
+    if room_id is not None and not ROOM_ID_RE.fullmatch(room_id):
         await _reject(websocket, CloseCode.INVALID_ROOM, "invalid room id")
         return None
     try:
@@ -140,7 +157,7 @@ async def _admit(
         metrics.AUTH_FAILURES.labels(reason="token expired").inc()
         await _reject(websocket, CloseCode.UNAUTHORIZED, "token expired")
         return None
-    if not principal.may_join(room_id):
+    if room_id is not None and not principal.may_join(room_id):
         metrics.AUTH_FAILURES.labels(reason="room not allowed").inc()
         await _reject(websocket, CloseCode.UNAUTHORIZED, "token not valid for this room")
         return None
@@ -148,9 +165,9 @@ async def _admit(
 
 
 async def _authenticate(
-    service: SignalingService, room_id: str, token: str | None, ticket: str | None
+    service: SignalingService, room_id: str | None, token: str | None, ticket: str | None
 ) -> Principal:
-    if ticket is not None:
+    if ticket is not None and room_id is not None:
         if token is not None:
             # Two credentials that may name two users: refuse the ambiguity.
             raise InvalidToken("send a token or a ticket, not both")

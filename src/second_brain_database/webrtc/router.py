@@ -19,6 +19,7 @@ from second_brain_database.webrtc.dependencies import (
     Admitted,
     CurrentUser,
     Service,
+    admit_user_websocket,
     admit_websocket,
     require_room_access,
 )
@@ -70,10 +71,38 @@ async def _session(
     resume: str | None,
 ) -> None:
     bind_session(room_id=room_id, user_id=admitted.principal.user_id)
+    async with _counted(service, admitted):
+        await service.manager.run(socket, room_id, admitted.principal, resume)
+
+
+@router.websocket("/ws/user")
+async def user_socket(
+    websocket: WebSocket,
+    service: Service,
+    admitted: Annotated[Admitted | None, Depends(admit_user_websocket)],
+) -> None:
+    """A device of the token's user, reachable for calls (docs/protocol.md, "Calls")."""
+    if admitted is None:
+        return
+    socket = open_socket(websocket, service.settings.send_queue_size)
+    await socket.run_session(_user_session(service, socket, admitted))
+
+
+async def _user_session(
+    service: SignalingService, socket: SignalingSocket, admitted: Admitted
+) -> None:
+    bind_session(user_id=admitted.principal.user_id)
+    async with _counted(service, admitted):
+        await service.user_sockets.run(socket, admitted.principal)
+
+
+@asynccontextmanager
+async def _counted(service: SignalingService, admitted: Admitted) -> AsyncIterator[None]:
+    """A connection's life in the gauges, and its slot in the per-user cap."""
     metrics.CONNECTIONS_OPENED.inc()
     metrics.CONNECTIONS.inc()
     try:
-        await service.manager.run(socket, room_id, admitted.principal, resume)
+        yield
     finally:
         metrics.CONNECTIONS.dec()
         await service.admission.connections.release(admitted.lease)

@@ -16,7 +16,14 @@ from json import JSONDecoder, decoder, scanner
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 ROOM_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -33,6 +40,11 @@ TOO_DEEP = "payload is nested too deeply"
 _APP = "app"
 
 PeerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Any string a client may name a call by; one the server never issued is
+# ``unknown_call``, not a schema error.
+CallId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_CALL_DATA_BYTES = 1_024
 ClientRef = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
 
@@ -46,6 +58,9 @@ class ClientMessageType(StrEnum):
     LEAVE = "leave"
     REFRESH = "refresh"
     KICK = "kick"
+    CALL = "call"
+    CALL_ANSWER = "call-answer"
+    CALL_CANCEL = "call-cancel"
 
 
 class ServerMessageType(StrEnum):
@@ -55,6 +70,9 @@ class ServerMessageType(StrEnum):
     PONG = "pong"
     ERROR = "error"
     NOTICE = "notice"
+    READY = "ready"
+    INCOMING_CALL = "incoming-call"
+    CALL_STATE = "call-state"
     # Relayed types keep the type the sender gave them.
     OFFER = "offer"
     ANSWER = "answer"
@@ -72,7 +90,19 @@ RELAYED_TYPES = frozenset(
         ClientMessageType.APP,
     }
 )
-SERVER_ONLY_TYPES = frozenset({"welcome", "user-joined", "user-left", "pong", "error", "notice"})
+SERVER_ONLY_TYPES = frozenset(
+    {
+        "welcome",
+        "user-joined",
+        "user-left",
+        "pong",
+        "error",
+        "notice",
+        "ready",
+        "incoming-call",
+        "call-state",
+    }
+)
 
 
 class ErrorCode(StrEnum):
@@ -80,6 +110,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_PEER = "unknown_peer"
     RATE_LIMITED = "rate_limited"
     FORBIDDEN = "forbidden"
+    UNKNOWN_CALL = "unknown_call"
     # Not in PROTOCOL.md: the message could not be relayed because Redis is
     # unreachable (docs/protocol.md, "Extensions").
     UNAVAILABLE = "unavailable"
@@ -154,6 +185,41 @@ class KickPayload(PayloadModel):
     peer_id: PeerId
 
 
+class CallPayload(BaseModel):
+    """Whom to ring, for which room, and what to show them: ``data`` is any
+    JSON of at most 1024 bytes serialized, carried to the callee unchanged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to_user: UserId
+    room_id: Annotated[str, Field(pattern=ROOM_ID_PATTERN)]
+    data: Any = None
+
+    @field_validator("data")
+    @classmethod
+    def _small(cls, data: Any) -> Any:
+        try:
+            size = len(orjson.dumps(data))
+        except orjson.JSONEncodeError:
+            raise ValueError(TOO_DEEP) from None
+        if size > MAX_CALL_DATA_BYTES:
+            raise ValueError(f"at most {MAX_CALL_DATA_BYTES} bytes serialized")
+        return data
+
+
+class CallAnswerPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    call_id: CallId
+    accept: bool = Field(strict=True)
+
+
+class CallCancelPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    call_id: CallId
+
+
 # --- client to server -------------------------------------------------------
 
 
@@ -221,9 +287,49 @@ class KickMessage(_ClientMessage):
     payload: KickPayload
 
 
+class CallMessage(_ClientMessage):
+    """Ring every user socket of ``to_user`` (user and room sockets)."""
+
+    type: Literal[ClientMessageType.CALL]
+    payload: CallPayload
+
+
+class CallAnswerMessage(_ClientMessage):
+    """Accept or decline a ringing call (user sockets of the callee only)."""
+
+    type: Literal[ClientMessageType.CALL_ANSWER]
+    payload: CallAnswerPayload
+
+
+class CallCancelMessage(_ClientMessage):
+    """Stop ringing a call this connection started (user and room sockets)."""
+
+    type: Literal[ClientMessageType.CALL_CANCEL]
+    payload: CallCancelPayload
+
+
 RelayedMessage = OfferMessage | AnswerMessage | IceCandidateMessage | MediaStateMessage | AppMessage
+RoomClientMessage = (
+    RelayedMessage
+    | PingMessage
+    | LeaveMessage
+    | RefreshMessage
+    | KickMessage
+    | CallMessage
+    | CallCancelMessage
+)
+UserClientMessage = (
+    CallMessage
+    | CallAnswerMessage
+    | CallCancelMessage
+    | PingMessage
+    | RefreshMessage
+    | LeaveMessage
+)
+# What the parser accepts: every client type of either socket. Each session
+# refuses the types its socket does not take (``invalid_message``).
 ClientMessage = Annotated[
-    RelayedMessage | PingMessage | LeaveMessage | RefreshMessage | KickMessage,
+    RoomClientMessage | CallAnswerMessage,
     Field(discriminator="type"),
 ]
 _client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -313,6 +419,66 @@ class NoticeMessage(BaseModel):
     payload: NoticePayload
 
 
+class ServerInfo(BaseModel):
+    """What this deployment is and supports, so that SDKs can tell."""
+
+    version: str
+    features: list[str]
+
+
+class ReadyPayload(BaseModel):
+    user_id: str
+    connection_id: str
+    server: ServerInfo
+
+
+class ReadyMessage(BaseModel):
+    """The first frame on a user socket."""
+
+    type: Literal[ServerMessageType.READY] = ServerMessageType.READY
+    payload: ReadyPayload
+
+
+class IncomingCallPayload(BaseModel):
+    call_id: str
+    room_id: str
+    name: str
+    data: Any
+
+
+class IncomingCallMessage(BaseModel):
+    """A call ringing this user (on every user socket of the callee)."""
+
+    type: Literal[ServerMessageType.INCOMING_CALL] = ServerMessageType.INCOMING_CALL
+    from_user: str
+    payload: IncomingCallPayload
+
+
+CallStateName = Literal[
+    "ringing", "accepted", "declined", "answered-elsewhere", "cancelled", "missed"
+]
+
+
+class CallStatePayload(BaseModel):
+    """``devices`` with ``ringing``; ``room_id`` and ``ticket`` for the
+    device whose answer accepted the call."""
+
+    call_id: str
+    state: CallStateName
+    devices: int | None = None
+    room_id: str | None = None
+    ticket: str | None = None
+
+
+class CallStateMessage(BaseModel):
+    """Where a call stands, for the caller and the callee's devices; ``ref``
+    echoes the ``id`` of the ``call`` that started it, on ``ringing``."""
+
+    type: Literal[ServerMessageType.CALL_STATE] = ServerMessageType.CALL_STATE
+    ref: str | None = None
+    payload: CallStatePayload
+
+
 ServerMessage = (
     WelcomeMessage
     | UserJoinedMessage
@@ -321,6 +487,10 @@ ServerMessage = (
     | PongMessage
     | ErrorMessage
     | NoticeMessage
+    | CallStateMessage
+)
+UserServerMessage = (
+    ReadyMessage | IncomingCallMessage | CallStateMessage | PongMessage | ErrorMessage
 )
 ServerFrame = Annotated[ServerMessage, Field(discriminator="type")]
 

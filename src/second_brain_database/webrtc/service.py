@@ -23,6 +23,10 @@ from second_brain_database.redis_clients import RedisClients, connect_redis
 from second_brain_database.webhooks.delivery import WebhookDelivery
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker import PubSub, RoomStore, create_backends
+from second_brain_database.webrtc.calls.memory_calls import MemoryCallStore
+from second_brain_database.webrtc.calls.redis_calls import RedisCallStore
+from second_brain_database.webrtc.calls.service import CallService
+from second_brain_database.webrtc.calls.user_sockets import UserSockets
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
 
@@ -37,6 +41,8 @@ class SignalingService:
     pubsub: PubSub
     rooms: RoomStore
     manager: ConnectionManager
+    calls: CallService
+    user_sockets: UserSockets
     admission: Admission
     webhooks: WebhookDelivery | None
     draining: bool = False
@@ -47,13 +53,18 @@ class SignalingService:
         """Everything runs on ``redis`` (from :func:`connect_redis`) where there is one."""
         auth = AuthService.build(settings, redis)
         pubsub, rooms = create_backends(settings, redis)
+        store = RedisCallStore(redis.client) if redis is not None else MemoryCallStore()
+        calls = CallService(store, pubsub, rooms, auth.tickets, settings)
+        manager = ConnectionManager(pubsub, rooms, calls, auth.tokens, settings)
         return cls(
             settings=settings,
             auth=auth,
             redis=redis,
             pubsub=pubsub,
             rooms=rooms,
-            manager=ConnectionManager(pubsub, rooms, auth.tokens, settings),
+            manager=manager,
+            calls=calls,
+            user_sockets=UserSockets(calls, manager.runner, settings),
             admission=Admission.build(settings, redis),
             webhooks=(
                 WebhookDelivery(rooms.outbox, settings, claim_ttl=settings.presence_ttl)
@@ -69,6 +80,7 @@ class SignalingService:
         await self.admission.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        self.calls.start()
         self._metrics_flusher = asyncio.create_task(
             metrics.flush_periodically(), name="sbd-metrics-flush"
         )
@@ -88,6 +100,8 @@ class SignalingService:
     async def stop(self) -> None:
         self.draining = True
         await self.manager.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.user_sockets.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.calls.stop()
         if self.webhooks is not None:
             # Events not yet sent stay in Redis for another instance (or
             # are lost with the embedded broker, as the contract says).

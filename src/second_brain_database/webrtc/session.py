@@ -7,11 +7,16 @@ no socket, no task and no timer. Its inputs are a client frame
 result of a token check (:meth:`Session.refreshed`); its outputs are lists of
 typed actions (webrtc/actions.py) that the driver (connection_manager.py)
 runs. Its one state is :class:`SessionState`.
+
+:class:`SessionCore` is what a room's :class:`Session` shares with a user
+socket's session (calls/user_session.py): the checks every frame passes
+first, token refresh, the timer, ``call`` and ``call-cancel``.
 """
 
 from __future__ import annotations
 
 import secrets
+from abc import ABC, abstractmethod
 from enum import Enum
 
 import orjson
@@ -24,19 +29,25 @@ from second_brain_database.webrtc import metrics, server_frames
 from second_brain_database.webrtc.actions import (
     Action,
     BarrierPassed,
+    CancelCall,
     Close,
     Kick,
     Publish,
     Send,
     SetMedia,
+    StartCall,
     VerifyRefresh,
 )
 from second_brain_database.webrtc.broker.control import Control, ControlKind
 from second_brain_database.webrtc.broker.model import Member
+from second_brain_database.webrtc.calls.model import CallerRoute
+from second_brain_database.webrtc.calls.rules import call_refusal
 from second_brain_database.webrtc.schemas import (
     PONG_FRAME,
     AnswerMessage,
     AppMessage,
+    CallCancelMessage,
+    CallMessage,
     ClientMessage,
     CloseCode,
     ErrorCode,
@@ -117,46 +128,77 @@ def unknown_peer(peer_id: str | None, ref: str | None) -> Send:
     return error(ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {peer_id} in the room", ref))
 
 
-class Session:
-    """One peer on one connection: its state and what each input makes it do."""
+class SessionCore(ABC):
+    """What every signaling connection has, room socket or user socket: its
+    state, its token, its rate limit, its timer, and the outgoing calls it
+    started (cancelled when it ends for good)."""
 
     __slots__ = (
         "bucket",
+        "called",
         "end",
         "frames_in",
         "idle_timeout",
         "last_message",
-        "member",
         "opened_at",
-        "owner",
         "principal",
-        "resume_secret",
-        "room_id",
         "state",
     )
 
-    def __init__(
-        self, room_id: str, member: Member, principal: Principal, settings: Settings, now: float
-    ) -> None:
-        self.room_id = room_id
-        self.member = member
+    def __init__(self, principal: Principal, settings: Settings, now: float) -> None:
         self.principal = principal
-        self.owner = secrets.token_hex(8)
-        self.resume_secret = secrets.token_urlsafe(24)
         self.bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.idle_timeout = settings.idle_timeout
         self.opened_at = self.last_message = now
         self.frames_in = 0
         self.state = SessionState.JOINING
         self.end: SessionEnded | None = None
+        # Whether it sent a ``call``: only then does its end look for calls to cancel.
+        self.called = False
 
     @property
-    def peer_id(self) -> str:
-        return self.member.peer_id
+    @abstractmethod
+    def route(self) -> CallerRoute:
+        """Where the calls it starts send their ``call-state`` frames."""
 
-    @property
-    def resume_token(self) -> str:
-        return f"{self.peer_id}.{self.resume_secret}"
+    def screen(self, frame: Frame) -> list[Action] | None:
+        """The checks every frame passes first, in this order: size, rate
+        limit, validity. Their answer, or None for a valid message."""
+        self.frames_in += 1
+        if isinstance(frame, TooBig):
+            return [self._close(CloseCode.MESSAGE_TOO_BIG, "frame too large")]
+        if not self.bucket.allow():
+            if self.bucket.strikes >= RATE_LIMIT_STRIKES:
+                return [self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")]
+            return [error(ProtocolError(ErrorCode.RATE_LIMITED, "slow down"))]
+        if isinstance(frame, ProtocolError):
+            return [error(frame)]
+        return None
+
+    def call_actions(self, frame: CallMessage | CallCancelMessage) -> list[Action]:
+        """``call`` and ``call-cancel``, on either socket."""
+        if isinstance(frame, CallCancelMessage):
+            return [CancelCall(frame.payload.call_id, self.route, frame.id)]
+        refused = call_refusal(self.principal, frame)
+        if refused is not None:
+            return [error(refused)]
+        self.called = True
+        return [StartCall(frame.payload, self.principal, self.route, frame.id)]
+
+    def may_keep(self, principal: Principal) -> bool:
+        """Whether a refreshed token may carry this session on."""
+        return principal.user_id == self.principal.user_id
+
+    def refreshed(self, principal: Principal | None, why: str, ref: str | None) -> list[Action]:
+        """The outcome of :class:`VerifyRefresh`: the verified token, or None
+        and why it was refused."""
+        if principal is None:
+            return [error(ProtocolError(ErrorCode.FORBIDDEN, f"refresh refused: {why}", ref))]
+        if not self.may_keep(principal):
+            message = "refresh token is for another user or room"
+            return [error(ProtocolError(ErrorCode.FORBIDDEN, message, ref))]
+        self.principal = principal
+        return []
 
     # --- state ------------------------------------------------------------
 
@@ -177,81 +219,6 @@ class Session:
         first = self.state is not SessionState.STOPPED
         self.state = SessionState.STOPPED
         return first
-
-    # --- input: a client frame ----------------------------------------------
-
-    def receive(self, frame: Frame, now: float) -> list[Action]:
-        """The actions one client frame calls for; every path calls this, with
-        the same checks in the same order: size, rate limit, validity, type."""
-        self.frames_in += 1
-        if isinstance(frame, TooBig):
-            return [self._close(CloseCode.MESSAGE_TOO_BIG, "frame too large")]
-        if not self.bucket.allow():
-            if self.bucket.strikes >= RATE_LIMIT_STRIKES:
-                return [self._close(CloseCode.RATE_LIMITED, "rate limit exceeded")]
-            return [error(ProtocolError(ErrorCode.RATE_LIMITED, "slow down"))]
-        if isinstance(frame, ProtocolError):
-            return [error(frame)]
-        self.last_message = now  # only valid messages count
-        metrics.count_received(frame.type.value)
-        if isinstance(frame, TARGETABLE):  # the hot path: inline, not a method call
-            if frame.to == self.member.peer_id:
-                why = "cannot send to yourself"
-                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, why, frame.id))]
-            payload = relay_payload(frame)
-            try:
-                envelope = server_frames.relayed(frame.type, self.member, frame.to, payload)
-            except orjson.JSONEncodeError:  # nested deeper than the encoder allows
-                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, frame.id))]
-            return [Publish(envelope, frame.id)]
-        if isinstance(frame, PingMessage):
-            return [Send(_PONG)]
-        if isinstance(frame, MediaStateMessage):
-            media = frame.payload.as_json()
-            envelope = server_frames.relayed(frame.type, self.member, None, media)
-            return [SetMedia(orjson.dumps(media), envelope)]
-        if isinstance(frame, LeaveMessage):
-            return [self._close(CloseCode.NORMAL, "left", LeaveReason.LEAVE)]
-        if isinstance(frame, RefreshMessage):
-            return [VerifyRefresh(frame.payload.token, frame.id)]
-        if isinstance(frame, KickMessage):
-            return [self._kick(frame)]
-        return []
-
-    def _kick(self, message: KickMessage) -> Action:
-        if not self.principal.is_host:
-            return error(ProtocolError(ErrorCode.FORBIDDEN, "only a host may kick", message.id))
-        target = message.payload.peer_id
-        if target == self.peer_id:
-            return unknown_peer(target, message.id)
-        return Kick(target, message.id)
-
-    def refreshed(self, principal: Principal | None, why: str, ref: str | None) -> list[Action]:
-        """The outcome of :class:`VerifyRefresh`: the verified token, or None
-        and why it was refused."""
-        if principal is None:
-            return [error(ProtocolError(ErrorCode.FORBIDDEN, f"refresh refused: {why}", ref))]
-        if principal.user_id != self.principal.user_id or not principal.may_join(self.room_id):
-            message = "refresh token is for another user or room"
-            return [error(ProtocolError(ErrorCode.FORBIDDEN, message, ref))]
-        self.principal = principal
-        return []
-
-    # --- input: a control envelope ------------------------------------------
-
-    def control(self, control: Control) -> list[Action]:
-        if control.kind is ControlKind.BARRIER:
-            return [BarrierPassed()] if control.owner == self.owner else []
-        if self.end is not None:
-            return []
-        if control.kind is ControlKind.KICK:
-            why = "removed from the room by a host"
-            return [self._close(CloseCode.UNAUTHORIZED, why, LeaveReason.KICKED)]
-        if control.owner != self.owner:  # REPLACED by another session
-            return [
-                self._close(CloseCode.SESSION_REPLACED, "session resumed on another connection")
-            ]
-        return []
 
     # --- input: the timer -----------------------------------------------------
 
@@ -276,3 +243,98 @@ class Session:
     def _close(self, code: int, reason: str, departure: LeaveReason | None = None) -> Close:
         ended = self.finish(code, reason, departure)
         return Close(ended.code, ended.reason)
+
+
+class Session(SessionCore):
+    """One peer of a room on one connection: its state and what each input
+    makes it do."""
+
+    __slots__ = ("member", "owner", "resume_secret", "room_id")
+
+    def __init__(
+        self, room_id: str, member: Member, principal: Principal, settings: Settings, now: float
+    ) -> None:
+        super().__init__(principal, settings, now)
+        self.room_id = room_id
+        self.member = member
+        self.owner = secrets.token_hex(8)
+        self.resume_secret = secrets.token_urlsafe(24)
+
+    @property
+    def route(self) -> CallerRoute:
+        # By room and peer, not connection: a resumed session still hears its calls.
+        return CallerRoute.in_room(self.room_id, self.peer_id)
+
+    @property
+    def peer_id(self) -> str:
+        return self.member.peer_id
+
+    @property
+    def resume_token(self) -> str:
+        return f"{self.peer_id}.{self.resume_secret}"
+
+    # --- input: a client frame ----------------------------------------------
+
+    def receive(self, frame: Frame, now: float) -> list[Action]:
+        """The actions one client frame calls for; every path calls this, with
+        the same checks in the same order: size, rate limit, validity, type."""
+        screened = self.screen(frame)
+        if screened is not None:
+            return screened
+        assert not isinstance(frame, (TooBig, ProtocolError))
+        self.last_message = now  # only valid messages count
+        metrics.count_received(frame.type.value)
+        if isinstance(frame, TARGETABLE):  # the hot path: inline, not a method call
+            if frame.to == self.member.peer_id:
+                why = "cannot send to yourself"
+                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, why, frame.id))]
+            payload = relay_payload(frame)
+            try:
+                envelope = server_frames.relayed(frame.type, self.member, frame.to, payload)
+            except orjson.JSONEncodeError:  # nested deeper than the encoder allows
+                return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, frame.id))]
+            return [Publish(envelope, frame.id)]
+        if isinstance(frame, PingMessage):
+            return [Send(_PONG)]
+        if isinstance(frame, MediaStateMessage):
+            media = frame.payload.as_json()
+            envelope = server_frames.relayed(frame.type, self.member, None, media)
+            return [SetMedia(orjson.dumps(media), envelope)]
+        if isinstance(frame, LeaveMessage):
+            return [self._close(CloseCode.NORMAL, "left", LeaveReason.LEAVE)]
+        if isinstance(frame, RefreshMessage):
+            return [VerifyRefresh(frame.payload.token, frame.id)]
+        if isinstance(frame, KickMessage):
+            return [self._kick(frame)]
+        if isinstance(frame, (CallMessage, CallCancelMessage)):
+            return self.call_actions(frame)
+        # call-answer: only a user socket answers calls.
+        why = f"'{frame.type.value}' is not accepted on a room socket"
+        return [error(ProtocolError(ErrorCode.INVALID_MESSAGE, why, frame.id))]
+
+    def _kick(self, message: KickMessage) -> Action:
+        if not self.principal.is_host:
+            return error(ProtocolError(ErrorCode.FORBIDDEN, "only a host may kick", message.id))
+        target = message.payload.peer_id
+        if target == self.peer_id:
+            return unknown_peer(target, message.id)
+        return Kick(target, message.id)
+
+    def may_keep(self, principal: Principal) -> bool:
+        return super().may_keep(principal) and principal.may_join(self.room_id)
+
+    # --- input: a control envelope ------------------------------------------
+
+    def control(self, control: Control) -> list[Action]:
+        if control.kind is ControlKind.BARRIER:
+            return [BarrierPassed()] if control.owner == self.owner else []
+        if self.end is not None:
+            return []
+        if control.kind is ControlKind.KICK:
+            why = "removed from the room by a host"
+            return [self._close(CloseCode.UNAUTHORIZED, why, LeaveReason.KICKED)]
+        if control.owner != self.owner:  # REPLACED by another session
+            return [
+                self._close(CloseCode.SESSION_REPLACED, "session resumed on another connection")
+            ]
+        return []

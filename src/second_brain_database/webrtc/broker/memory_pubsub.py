@@ -30,3 +30,12 @@ class MemoryPubSub(PubSub):
         listener = self._listener  # inline of _dispatch: once per relayed message
         if listener is not None:
             listener(room_id, envelope)
+
+    async def subscribe_topic(self, topic: str) -> None:
+        return None
+
+    async def unsubscribe_topic(self, topic: str) -> None:
+        return None
+
+    async def publish_topic(self, topic: str, envelope: Envelope) -> None:
+        self._dispatch_topic(topic, envelope)

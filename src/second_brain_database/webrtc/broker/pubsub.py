@@ -7,6 +7,11 @@ each envelope that reaches this process goes to the one listener (the
 connection manager's ``deliver``), which fans it out to the local sessions of
 that room. An instance is subscribed to a room while it has a local peer
 there (counted: the first subscribe subscribes, the last unsubscribe leaves).
+
+Besides rooms, a *topic* is a channel for anything else that must reach
+every instance (a user's channel, which rings the user's sockets for calls):
+the same envelopes, counted subscriptions and delivery, to a second
+listener, named by its channel (redis_keys.py).
 """
 
 from __future__ import annotations
@@ -18,12 +23,22 @@ from second_brain_database.webrtc.broker.model import Envelope
 
 Listener = Callable[[str, Envelope], None]
 Reconnected = Callable[[], Awaitable[None]]
+TopicListener = Callable[[str, Envelope], None]
 
 
 class PubSub(ABC):
     def __init__(self) -> None:
         self._listener: Listener | None = None
         self._reconnected: Reconnected | None = None
+        self._topic_listener: TopicListener | None = None
+
+    def set_topic_listener(self, listener: TopicListener) -> None:
+        """``listener`` gets every envelope of a subscribed topic."""
+        self._topic_listener = listener
+
+    def _dispatch_topic(self, topic: str, envelope: Envelope) -> None:
+        if self._topic_listener is not None:
+            self._topic_listener(topic, envelope)
 
     def set_listener(self, listener: Listener, reconnected: Reconnected) -> None:
         """``listener`` gets every envelope of a subscribed room;
@@ -59,3 +74,15 @@ class PubSub(ABC):
     async def publish(self, room_id: str, envelope: Envelope) -> None:
         """Send to every subscribed instance, as is (no membership check: room
         messages go through the room store, which also fills mailboxes)."""
+
+    @abstractmethod
+    async def subscribe_topic(self, topic: str) -> None:
+        """Count one more local listener of ``topic`` (a channel name);
+        returns once envelopes published to it reach this process."""
+
+    @abstractmethod
+    async def unsubscribe_topic(self, topic: str) -> None: ...
+
+    @abstractmethod
+    async def publish_topic(self, topic: str, envelope: Envelope) -> None:
+        """Send to every instance subscribed to ``topic``."""

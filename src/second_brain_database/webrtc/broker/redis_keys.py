@@ -1,8 +1,11 @@
 """Redis key names, by name. Every key of a room carries its hash tag
-``{room}``, so a room's scripts run on one Cluster shard."""
+``{room}``, so a room's scripts run on one Cluster shard; likewise a call's
+one key ``{call_id}`` and a user's keys a digest of the user id (which may
+hold any character, braces included)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 INSTANCES_KEY = "sbd:instances"
@@ -16,6 +19,8 @@ WEBHOOK_HOLDERS_KEY = "sbd:webhooks:{w}:holders"
 """hash room -> instance delivering its events."""
 WEBHOOK_FAILED_KEY = "sbd:webhooks:{w}:failed"
 WEBHOOK_ERRORS_KEY = "sbd:webhooks:{w}:errors"
+ROOM_PREFIX = "sbd:room:"
+CALL_DEADLINES_KEY = "sbd:calls:due"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class RoomKeys:
 
     @classmethod
     def of(cls, room_id: str) -> RoomKeys:
-        prefix = f"sbd:room:{{{room_id}}}"
+        prefix = f"{ROOM_PREFIX}{{{room_id}}}"
         return cls(
             members=f"{prefix}:members",
             owners=f"{prefix}:owners",
@@ -84,3 +89,32 @@ def instance_peers_key(instance_id: str) -> str:
 
 def reap_claim_key(instance_id: str) -> str:
     return f"sbd:reap:{instance_id}"
+
+
+def is_room_channel(channel: str) -> bool:
+    return channel.startswith(ROOM_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    """The keys of one user's calls (calls/redis_calls.py describes each)."""
+
+    channel: str
+    devices: str
+    ringing: str
+    outgoing: str
+
+    @classmethod
+    def of(cls, user_id: str) -> UserKeys:
+        digest = hashlib.sha256(user_id.encode()).hexdigest()[:32]
+        prefix = f"sbd:user:{{{digest}}}"
+        return cls(
+            channel=f"{prefix}:ch",
+            devices=f"{prefix}:devices",
+            ringing=f"{prefix}:ringing",
+            outgoing=f"{prefix}:outgoing",
+        )
+
+
+def call_key(call_id: str) -> str:
+    return f"sbd:call:{{{call_id}}}"

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from second_brain_database.redis_clients import RedisClients
 from second_brain_database.webrtc.broker.model import BrokerUnavailable, Envelope
 from second_brain_database.webrtc.broker.pubsub import PubSub
-from second_brain_database.webrtc.broker.redis_keys import RoomKeys, room_of_key
+from second_brain_database.webrtc.broker.redis_keys import RoomKeys, is_room_channel, room_of_key
 from second_brain_database.webrtc.broker.redis_listener import PubSubListener
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class RedisPubSub(PubSub):
         # Sharded Pub/Sub on a Cluster: a room's messages stay on the shard
         # that owns its hash slot instead of being copied to every node.
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
+        # Local sessions per channel (rooms and topics alike).
         self._local_sessions: dict[str, int] = defaultdict(int)
         self._listeners: dict[str, PubSubListener] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
@@ -67,9 +68,18 @@ class RedisPubSub(PubSub):
         return listener
 
     async def subscribe(self, room_id: str) -> None:
-        self._local_sessions[room_id] += 1
-        pending = self._subscribing.get(room_id)
-        if self._local_sessions[room_id] > 1 and pending is None:
+        await self.subscribe_topic(RoomKeys.of(room_id).channel)
+
+    async def unsubscribe(self, room_id: str) -> None:
+        await self.unsubscribe_topic(RoomKeys.of(room_id).channel)
+
+    async def publish(self, room_id: str, envelope: Envelope) -> None:
+        await self.publish_topic(RoomKeys.of(room_id).channel, envelope)
+
+    async def subscribe_topic(self, topic: str) -> None:
+        self._local_sessions[topic] += 1
+        pending = self._subscribing.get(topic)
+        if self._local_sessions[topic] > 1 and pending is None:
             return
         try:
             if pending is not None:
@@ -77,28 +87,28 @@ class RedisPubSub(PubSub):
                 # before it is confirmed would miss what follows it.
                 await asyncio.shield(pending)
                 return
-            channel = RoomKeys.of(room_id).channel.encode()
-            pending = self._subscribing[room_id] = asyncio.ensure_future(
+            channel = topic.encode()
+            pending = self._subscribing[topic] = asyncio.ensure_future(
                 self._listener_for(channel).subscribe(channel)
             )
             try:
                 await asyncio.shield(pending)
             finally:
-                del self._subscribing[room_id]
+                del self._subscribing[topic]
         except (BrokerUnavailable, asyncio.CancelledError):
-            await self.unsubscribe(room_id)
+            await self.unsubscribe_topic(topic)
             raise
 
-    async def unsubscribe(self, room_id: str) -> None:
-        self._local_sessions[room_id] -= 1
-        if self._local_sessions[room_id] > 0:
+    async def unsubscribe_topic(self, topic: str) -> None:
+        self._local_sessions[topic] -= 1
+        if self._local_sessions[topic] > 0:
             return
-        del self._local_sessions[room_id]
-        channel = RoomKeys.of(room_id).channel.encode()
+        del self._local_sessions[topic]
+        channel = topic.encode()
         await self._listener_for(channel).unsubscribe(channel)
 
-    async def publish(self, room_id: str, envelope: Envelope) -> None:
-        channel = RoomKeys.of(room_id).channel
+    async def publish_topic(self, topic: str, envelope: Envelope) -> None:
+        channel = topic
         try:
             if isinstance(self._redis, RedisCluster):
                 await self._redis.spublish(channel, envelope.pack())
@@ -113,7 +123,11 @@ class RedisPubSub(PubSub):
         except ValueError:
             logger.error("dropped a malformed envelope on %r", channel)
             return
-        self._dispatch(room_of_key(channel.decode()), envelope)
+        name = channel.decode()
+        if is_room_channel(name):
+            self._dispatch(room_of_key(name), envelope)
+        else:
+            self._dispatch_topic(name, envelope)
 
     def _on_listener_connected(self) -> None:
         # Redis may have restarted empty: put this instance's live peers back.

@@ -92,10 +92,14 @@ class SignalingClient:
         max_delay: float = 5.0,
         open_timeout: float = 5.0,
         use_tickets: bool = True,
+        ticket: str | None = None,
     ) -> None:
-        self.ws_base = _ws_origin(base_url)
+        self.ws_base = ws_origin(base_url)
         self.http_base = self.ws_base.replace("ws", "http", 1)
         self.use_tickets = use_tickets
+        # A ticket given up front (the accepted side of a call) opens the
+        # first connection; reconnects use the token as usual.
+        self._ticket = ticket
         self.room = room
         self.token = token
         self.reconnect = reconnect
@@ -256,6 +260,15 @@ class SignalingClient:
     async def kick(self, peer_id: str) -> None:
         await self.send({"type": "kick", "payload": {"peer_id": peer_id}})
 
+    async def call(self, to_user: str, room_id: str, data: Any = None, ref: str = "call") -> None:
+        """Ring ``to_user`` from this room socket; ``call-state`` frames
+        (``ringing`` with ``ref``, then how it ended) come out of :meth:`recv`."""
+        payload = {"to_user": to_user, "room_id": room_id, "data": data}
+        await self.send({"type": "call", "id": ref, "payload": payload})
+
+    async def cancel_call(self, call_id: str) -> None:
+        await self.send({"type": "call-cancel", "payload": {"call_id": call_id}})
+
     # --- the connection loop ---------------------------------------------------
 
     async def _run(self) -> None:
@@ -293,6 +306,9 @@ class SignalingClient:
     async def _credential(self) -> dict[str, str]:
         """``ticket=`` for this connection (the token stays out of the URL),
         or ``token=`` where the server has no ticket endpoint."""
+        if self._ticket is not None:
+            ticket, self._ticket = self._ticket, None
+            return {"ticket": ticket}
         if not self.use_tickets:
             return {"token": self.token}
         async with httpx.AsyncClient(base_url=self.http_base, timeout=self.open_timeout) as http:
@@ -378,7 +394,7 @@ class SignalingClient:
             self._first_welcome.set_exception(closed)
 
 
-def _ws_origin(base_url: str) -> str:
+def ws_origin(base_url: str) -> str:
     base = base_url.rstrip("/")
     if base.startswith("http"):
         return "ws" + base[len("http") :]
