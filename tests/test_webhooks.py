@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.cluster import RedisCluster
 
-from tests.peers import Peer, eventually, make_token
+from tests.peers import Device, Peer, eventually, make_token
 from tests.scrape import scrape, value
 from tests.servers import TEST_SECRET, RedisClusterServers, RedisServer, free_port
 from tests.test_cli_ops import lines_of, sbd
@@ -330,3 +330,55 @@ async def test_webhooks_on_a_redis_cluster(sbd_factory, redis_cluster: RedisClus
         ids = [arrival.id for arrival in receiver.arrivals]
         assert len(ids) == len(set(ids)) == 6 * len(rooms)
         assert_clean(receiver)
+
+
+def call_events(receiver: Receiver, call_id: str) -> list[dict[str, object]]:
+    return [e for e in receiver.delivered() if e["data"].get("call_id") == call_id]
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_calls_report_ringing_then_ended_with_the_result(
+    sbd_factory, redis_server: RedisServer, broker: str
+) -> None:
+    """call.ringing, then call.ended with its result, in order per call; with
+    Redis the caller and the callee on two instances."""
+    extra = {"SBD_REDIS_URL": redis_server.url} if broker == "redis" else {}
+    async with running_receiver() as receiver:
+        env = webhook_env(receiver, SBD_CALL_RING_TIMEOUT="1", SBD_PRESENCE_TTL="1", **extra)
+        first = sbd_factory(env)
+        second = sbd_factory(env) if broker == "redis" else first
+        tag = next(_rooms)
+        alice, bob = f"alice-{tag}", f"bob-{tag}"
+        caller = await Device.ready(first.ws_url, alice)
+        phone = await Device.ready(second.ws_url, bob)
+        results = {}
+        for result in ("accepted", "declined", "cancelled", "missed"):
+            call_id = await caller.call(bob, f"call-{tag}", ref=result)
+            await phone.expect("incoming-call")
+            if result in ("accepted", "declined"):
+                await phone.answer(call_id, accept=result == "accepted")
+            elif result == "cancelled":
+                await caller.send({"type": "call-cancel", "payload": {"call_id": call_id}})
+            await caller.expect_state(result, timeout=5)
+            await phone.expect_state(result, timeout=5)
+            results[call_id] = result
+        for call_id, result in results.items():
+            await eventually(lambda c=call_id: len(call_events(receiver, c)) == 2, 10)
+            ringing, ended = call_events(receiver, call_id)
+            common = {
+                "call_id": call_id,
+                "from_user": alice,
+                "to_user": bob,
+                "room_id": f"call-{tag}",
+            }
+            assert ringing["type"] == "call.ringing"
+            assert ringing["data"] == {**common, "devices": 1}
+            assert ended["type"] == "call.ended"
+            assert ended["data"] == {**common, "result": result}
+        assert_clean(receiver)
+        if broker == "memory":  # one instance counted every call
+            scraped = scrape(first.base_url)
+            assert value(scraped, "sbd_calls_started_total") == 4
+            for result in results.values():
+                assert value(scraped, "sbd_calls_ended_total", result=result) == 1
+            assert value(scraped, "sbd_call_ring_seconds_count") == 4

@@ -41,6 +41,8 @@ class EventType(StrEnum):
     PARTICIPANT_JOINED = "participant.joined"
     PARTICIPANT_LEFT = "participant.left"
     ROOM_FINISHED = "room.finished"
+    CALL_RINGING = "call.ringing"
+    CALL_ENDED = "call.ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ def new_event_id() -> str:
     return "msg_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
 
 
-def make_event(kind: EventType, data: dict[str, str], at: float | None = None) -> WebhookEvent:
+def make_event(kind: EventType, data: dict[str, object], at: float | None = None) -> WebhookEvent:
     at = time.time() if at is None else at
     stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     stamp = stamp.replace("+00:00", "Z")

@@ -13,6 +13,10 @@ from. docs/architecture.md ("Webhook outbox") says why it is laid out so.
 - The index entry is written right after the script (another slot on a
   Cluster); a periodic sweep of the room streams puts back any room whose
   instance died in between.
+- A call's events wait in a stream of their own, named as a room's by the
+  call id: ``sbd:room:{<call id>}:events`` shares its hash tag with the call
+  (``sbd:call:{<call id>}``), so the call's one script writes ``call.ended``
+  in the step that ends the call (calls/redis_scripts.py).
 """
 
 from __future__ import annotations
@@ -279,6 +283,22 @@ class RedisOutbox(Outbox):
             await self._redis.lrem(WEBHOOK_FAILED_KEY, 1, raw)
             await self._redis.zadd(WEBHOOK_ROOMS_KEY, {failed.room_id: 0}, nx=True)
         return len(chosen)
+
+    async def append(self, queue: str, event: WebhookEvent) -> None:
+        """Write ``event`` to ``queue`` (a room, or a call by its id) outside
+        a script: for an event whose change is not one script (``call.ringing``)."""
+        await self._redis.xadd(
+            RoomKeys.of(queue).events,
+            {"id": event.id, "type": event.type, "at": f"{event.at:.6f}", "body": event.body},
+        )
+        await self.announce(queue)
+
+    async def announce(self, queue: str) -> None:
+        """Tell deliverers ``queue`` has events. Not atomic with the script
+        that wrote them (the index is in another slot on a Cluster): an
+        instance that dies in between leaves them to the sweep."""
+        await self._redis.zadd(WEBHOOK_ROOMS_KEY, {queue: 0}, nx=True)
+        self.written()
 
     def written(self) -> None:
         """This instance wrote events: look for rooms now rather than at the

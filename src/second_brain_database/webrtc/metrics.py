@@ -68,6 +68,17 @@ RELAY_LATENCY = Histogram(
     "local sessions of its room, with Redis (wall clocks: instances need NTP)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+CALLS_STARTED = Counter("sbd_calls_started_total", "Calls that started ringing")
+CALLS_ENDED = Counter(
+    "sbd_calls_ended_total",
+    "Calls that ended, by result (accepted, declined, cancelled, missed)",
+    ["result"],
+)
+CALL_RING_TIME = Histogram(
+    "sbd_call_ring_seconds",
+    "Time a call rang until it ended, whatever the result",
+    buckets=(0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60),
+)
 ADMIN_ACTIONS = Counter(
     "sbd_admin_actions_total", "Admin API actions carried out, by action", ["action"]
 )

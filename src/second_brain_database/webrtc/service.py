@@ -21,11 +21,14 @@ from second_brain_database.config import Settings, get_settings
 from second_brain_database.limits.admission import Admission
 from second_brain_database.redis_clients import RedisClients, connect_redis
 from second_brain_database.webhooks.delivery import WebhookDelivery
+from second_brain_database.webhooks.memory_outbox import MemoryOutbox
+from second_brain_database.webhooks.redis_outbox import RedisOutbox
 from second_brain_database.webrtc import metrics
 from second_brain_database.webrtc.broker import PubSub, RoomStore, create_backends
 from second_brain_database.webrtc.calls.memory_calls import MemoryCallStore
 from second_brain_database.webrtc.calls.redis_calls import RedisCallStore
 from second_brain_database.webrtc.calls.service import CallService
+from second_brain_database.webrtc.calls.store import CallStore
 from second_brain_database.webrtc.calls.user_sockets import UserSockets
 from second_brain_database.webrtc.connection_manager import ConnectionManager
 from second_brain_database.webrtc.schemas import CloseCode
@@ -53,7 +56,15 @@ class SignalingService:
         """Everything runs on ``redis`` (from :func:`connect_redis`) where there is one."""
         auth = AuthService.build(settings, redis)
         pubsub, rooms = create_backends(settings, redis)
-        store = RedisCallStore(redis.client) if redis is not None else MemoryCallStore()
+        # Calls queue their webhook events in the rooms' outbox, by call id.
+        outbox = rooms.outbox
+        store: CallStore
+        if redis is not None:
+            store = RedisCallStore(
+                redis.client, outbox if isinstance(outbox, RedisOutbox) else None
+            )
+        else:
+            store = MemoryCallStore(outbox if isinstance(outbox, MemoryOutbox) else None)
         calls = CallService(store, pubsub, rooms, auth.tickets, settings)
         manager = ConnectionManager(pubsub, rooms, calls, auth.tokens, settings)
         return cls(

@@ -43,7 +43,6 @@ from second_brain_database.webrtc.broker.redis_commands import RedisCommands
 from second_brain_database.webrtc.broker.redis_keys import (
     AWAY_INDEX_KEY,
     INSTANCES_KEY,
-    WEBHOOK_ROOMS_KEY,
     RoomKeys,
     instance_peers_key,
     room_of_key,
@@ -174,13 +173,9 @@ class RedisRoomStore(RoomStore):
         return _event_args(left, events.room_finished(room_id))
 
     async def _announce_events(self, room_id: str) -> None:
-        """Tell deliverers the room has events. Not atomic with the script
-        (the index is in another slot on a Cluster): an instance that dies in
-        between leaves the events to the outbox's sweep (docs/webhooks.md)."""
         if self._outbox is not None:
-            with contextlib.suppress(BrokerUnavailable):
-                await self.command("ZADD", WEBHOOK_ROOMS_KEY, "NX", 0, room_id)
-            self._outbox.written()
+            with contextlib.suppress(RedisError, OSError):
+                await self._outbox.announce(room_id)
 
     async def set_policy(
         self,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from second_brain_database.webhooks.events import WebhookEvent
+from second_brain_database.webhooks.memory_outbox import MemoryOutbox
 from second_brain_database.webrtc.calls.model import (
     RINGING,
     Call,
@@ -21,7 +23,9 @@ ENDED_KEPT_S = 60.0
 
 
 class MemoryCallStore(CallStore):
-    def __init__(self) -> None:
+    def __init__(self, outbox: MemoryOutbox | None = None) -> None:
+        self._outbox = outbox
+        self.webhooks = outbox is not None
         self._calls: dict[str, Call] = {}
         self._ringing_to: dict[str, set[str]] = {}
         self._ringing_from: dict[str, set[str]] = {}
@@ -48,6 +52,7 @@ class MemoryCallStore(CallStore):
         *,
         callee: str | None,
         route: CallerRoute | None,
+        event: WebhookEvent | None,
     ) -> Call | None:
         call = self._calls.get(call_id)
         if call is None or call.state != RINGING:
@@ -61,7 +66,13 @@ class MemoryCallStore(CallStore):
         _discard(self._ringing_to, call.to_user, call_id)
         _discard(self._ringing_from, call.from_user, call_id)
         self._deadlines.pop(call_id, None)
+        if event is not None and self._outbox is not None:
+            self._outbox.add(call_id, [event])
         return call
+
+    async def _write(self, call_id: str, event: WebhookEvent) -> None:
+        if self._outbox is not None:
+            self._outbox.add(call_id, [event])
 
     async def ringing_to(self, user_id: str) -> list[Call]:
         return [self._calls[c] for c in self._ringing_to.get(user_id, ())]

@@ -5,18 +5,28 @@ command by command, and each reader checks the call itself."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
+from second_brain_database.webhooks.events import WebhookEvent
 from second_brain_database.webrtc.broker.model import BrokerUnavailable
-from second_brain_database.webrtc.broker.redis_keys import CALL_DEADLINES_KEY, UserKeys, call_key
+from second_brain_database.webrtc.broker.redis_keys import (
+    CALL_DEADLINES_KEY,
+    RoomKeys,
+    UserKeys,
+    call_key,
+)
 from second_brain_database.webrtc.calls import redis_scripts
 from second_brain_database.webrtc.calls.model import Call, CallerRoute, CallResult, TooManyCalls
 from second_brain_database.webrtc.calls.store import CallStore
+
+if TYPE_CHECKING:  # an import cycle otherwise (the outbox needs the broker's keys)
+    from second_brain_database.webhooks.redis_outbox import RedisOutbox
 
 # An ended call is kept this long, so that a late answer meets a call that
 # ended (unknown_call all the same) and the sweep can finish a late one.
@@ -33,8 +43,10 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisCallStore(CallStore):
-    def __init__(self, redis: Redis | RedisCluster) -> None:
+    def __init__(self, redis: Redis | RedisCluster, outbox: RedisOutbox | None = None) -> None:
         self._redis = redis
+        self._outbox = outbox
+        self.webhooks = outbox is not None
         self._finish_script = redis.register_script(redis_scripts.FINISH)
         self._count_outgoing = redis.register_script(redis_scripts.COUNT_OUTGOING)
 
@@ -80,6 +92,7 @@ class RedisCallStore(CallStore):
         *,
         callee: str | None,
         route: CallerRoute | None,
+        event: WebhookEvent | None,
     ) -> Call | None:
         field, expected = "", ""
         if callee is not None:
@@ -88,7 +101,8 @@ class RedisCallStore(CallStore):
             field, expected = "route", route.encode()
         flat = await self._run(
             lambda: self._finish_script(
-                keys=[call_key(call_id)], args=[result.value, field, expected, ENDED_KEPT_MS]
+                keys=[call_key(call_id), RoomKeys.of(call_id).events],
+                args=[result.value, field, expected, ENDED_KEPT_MS, *_event_args(event)],
             )
         )
         if not flat:
@@ -103,6 +117,16 @@ class RedisCallStore(CallStore):
 
         await self._run(unindex)
         return call
+
+    async def _write(self, call_id: str, event: WebhookEvent) -> None:
+        outbox = self._outbox
+        if outbox is not None:
+            await self._run(lambda: outbox.append(call_id, event))
+
+    async def _announce(self, call_id: str) -> None:
+        if self._outbox is not None:
+            with contextlib.suppress(RedisError, OSError):  # the sweep finds it
+                await self._outbox.announce(call_id)
 
     async def ringing_to(self, user_id: str) -> list[Call]:
         return await self._ringing(UserKeys.of(user_id).ringing)
@@ -152,6 +176,12 @@ class RedisCallStore(CallStore):
         key = UserKeys.of(user_id).devices
         count: int = await self._run(lambda: self._redis.zcount(key, _ms(time.time()), "+inf"))
         return count
+
+
+def _event_args(event: WebhookEvent | None) -> list[str | bytes]:
+    if event is None:
+        return ["", "", "", ""]
+    return [event.id, event.type, f"{event.at:.6f}", event.body]
 
 
 def _call(fields: dict[Any, Any]) -> Call:

@@ -14,10 +14,12 @@ Keys (redis_keys.py):
 
 from __future__ import annotations
 
-# The ringing -> result transition, the only one: KEYS[1] the call;
-# ARGV[1] the result, ARGV[2] a field that must hold ARGV[3] ('' for none:
-# a timeout), ARGV[4] how long the ended call is kept (ms). Returns the call
-# as it was (a flat HGETALL list) to the one caller that ended it, else nil.
+# The ringing -> result transition, the only one: KEYS[1] the call, KEYS[2]
+# its webhook queue (a stream under the call's hash tag); ARGV[1] the result,
+# ARGV[2] a field that must hold ARGV[3] ('' for none: a timeout), ARGV[4]
+# how long the ended call is kept (ms), ARGV[5..8] the call.ended event (id,
+# type, at, body; '' without webhooks). Returns the call as it was (a flat
+# HGETALL list) to the one caller that ended it, else nil.
 FINISH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'ringing' then
   return false
@@ -28,6 +30,9 @@ end
 local call = redis.call('HGETALL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[2], '*', 'id', ARGV[5], 'type', ARGV[6], 'at', ARGV[7], 'body', ARGV[8])
+end
 return call
 """
 

@@ -35,9 +35,9 @@ from second_brain_database.webrtc.calls.model import (
     RINGING,
     Call,
     CallerRoute,
-    CallEvent,
     CallResult,
     TooManyCalls,
+    Transition,
 )
 from second_brain_database.webrtc.calls.store import CallStore
 from second_brain_database.webrtc.schemas import ErrorCode, ProtocolError
@@ -65,12 +65,6 @@ def _unknown_call(ref: str | None) -> str:
     return _error(ErrorCode.UNKNOWN_CALL, "no such ringing call for this connection", ref)
 
 
-def _report(event: CallEvent) -> None:
-    # The seam for webhooks (call.ringing, call.ended): an outbox takes the
-    # events where they are logged now.
-    logger.info("%s", event.type, extra={"call": event.data})
-
-
 class CallService:
     def __init__(
         self,
@@ -91,6 +85,15 @@ class CallService:
         self._local: dict[str, dict[str, Connection[UserSession]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         pubsub.set_topic_listener(self.deliver)
+
+    def _count(self, transition: Transition) -> None:
+        """Metrics of a transition (its webhook event the store has written)."""
+        if transition.event.type == "call.ringing":
+            metrics.CALLS_STARTED.inc()
+            return
+        metrics.CALLS_ENDED.labels(result=transition.event.data["result"]).inc()
+        started_at = transition.call.deadline - self._ring_timeout
+        metrics.CALL_RING_TIME.observe(max(0.0, time.time() - started_at))
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -198,7 +201,7 @@ class CallService:
         # The caller hears ``ringing`` before any answer can reach it.
         reply(frames.call_state(call_id, RINGING, ref=action.ref, devices=started.devices))
         await self._tell_callee(call, call.incoming)
-        _report(started.event)
+        self._count(started)
 
     async def answer(self, action: AnswerCall, reply: Reply) -> None:
         call = await self._store.get(action.call_id)
@@ -234,7 +237,7 @@ class CallService:
         elsewhere = frames.call_state(ended.call_id, "answered-elsewhere")
         await self._tell_callee(ended, elsewhere, exclude=action.connection_id)
         await self._tell_caller(ended, frames.call_state(ended.call_id, result))
-        _report(transition.event)
+        self._count(transition)
 
     async def cancel(self, action: CancelCall, reply: Reply) -> None:
         transition = await self._store.finish(
@@ -246,7 +249,7 @@ class CallService:
         frame = frames.call_state(action.call_id, CallResult.CANCELLED)
         reply(frame)
         await self._tell_callee(transition.call, frame)
-        _report(transition.event)
+        self._count(transition)
 
     async def caller_gone(self, user_id: str, route: CallerRoute) -> None:
         """The connection at ``route`` ended for good: cancel its ringing calls."""
@@ -256,7 +259,7 @@ class CallService:
             transition = await self._store.finish(call.call_id, CallResult.CANCELLED, route=route)
             if transition is not None:
                 await self._tell_callee(call, frames.call_state(call.call_id, "cancelled"))
-                _report(transition.event)
+                self._count(transition)
 
     # --- the ring timeout, on every instance ----------------------------------
 
@@ -278,7 +281,7 @@ class CallService:
                 frame = frames.call_state(call_id, "missed")
                 await self._tell_callee(transition.call, frame)
                 await self._tell_caller(transition.call, frame)
-                _report(transition.event)
+                self._count(transition)
             await self._store.drop_due(call_id)
 
     # --- delivery ---------------------------------------------------------------

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from second_brain_database.webhooks.events import EventType, WebhookEvent, make_event
 from second_brain_database.webrtc.calls.model import (
+    RINGING,
     Call,
     CallerRoute,
     CallEvent,
@@ -31,14 +33,22 @@ from second_brain_database.webrtc.calls.model import (
 
 class CallStore(ABC):
     """Each transition comes back with the :class:`CallEvent` it reports
-    (``call.ringing``, ``call.ended``): where a webhook outbox records it."""
+    (``call.ringing``, ``call.ended``); with webhooks on, the store writes it
+    to the webhook outbox too, queued by the call's id (in order per call):
+    ``call.ended`` in the same step as the ending, ``call.ringing`` before
+    any device is rung."""
+
+    webhooks = False
 
     async def start(self, call: Call, max_ringing: int) -> Transition:
         """Record a ringing call; :class:`TooManyCalls` when its caller already
         has ``max_ringing`` calls ringing."""
         await self._start(call, max_ringing)
         devices = await self.devices(call.to_user)
-        return Transition(call, CallEvent.ringing(call, devices), devices)
+        event = CallEvent.ringing(call, devices)
+        if self.webhooks:
+            await self._write(call.call_id, webhook_event(event))
+        return Transition(call, event, devices)
 
     async def finish(
         self,
@@ -51,8 +61,20 @@ class CallStore(ABC):
         """End the call with ``result`` if it still rings (and, where given,
         rings ``callee`` / was started from ``route``): the call as it was,
         to the one caller that ended it; None to everyone else."""
-        call = await self._finish(call_id, result, callee=callee, route=route)
-        return None if call is None else Transition(call, CallEvent.ended(call, result))
+        ended = None
+        if self.webhooks:
+            # A call's fields never change while it rings: its event can be
+            # made before the one step that decides whether it ends now.
+            known = await self.get(call_id)
+            if known is None or known.state != RINGING:
+                return None
+            ended = webhook_event(CallEvent.ended(known, result))
+        call = await self._finish(call_id, result, callee=callee, route=route, event=ended)
+        if call is None:
+            return None
+        if ended is not None:
+            await self._announce(call_id)
+        return Transition(call, CallEvent.ended(call, result))
 
     @abstractmethod
     async def _start(self, call: Call, max_ringing: int) -> None: ...
@@ -69,8 +91,19 @@ class CallStore(ABC):
         *,
         callee: str | None,
         route: CallerRoute | None,
+        event: WebhookEvent | None,
     ) -> Call | None:
-        """The transition itself, atomic: see :meth:`finish`."""
+        """The transition itself, atomic: see :meth:`finish`; writes ``event``
+        to the call's webhook queue in the same step, if the call ends."""
+
+    @abstractmethod
+    async def _write(self, call_id: str, event: WebhookEvent) -> None:
+        """Queue a webhook event of the call (called with webhooks on only)."""
+
+    async def _announce(self, call_id: str) -> None:
+        """Tell the deliverers that the call's queue has an event :meth:`_finish`
+        wrote (the embedded outbox needs no telling)."""
+        return None
 
     @abstractmethod
     async def ringing_to(self, user_id: str) -> list[Call]:
@@ -100,3 +133,7 @@ class CallStore(ABC):
     @abstractmethod
     async def devices(self, user_id: str) -> int:
         """How many user sockets ``user_id`` has open, on every instance."""
+
+
+def webhook_event(event: CallEvent) -> WebhookEvent:
+    return make_event(EventType(event.type), event.data)
