@@ -87,6 +87,7 @@ def test_exports_resolve_for_node_and_typescript(installed: Path) -> None:
     )
     assert json.loads(done.stdout) == [
         "CLOSE_CODES",
+        "CallClient",
         "RemotePeer",
         "SignalingClient",
         "SignalingError",

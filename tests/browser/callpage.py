@@ -144,3 +144,15 @@ CANDIDATES = """async (peerId) => {
 async def candidates(page: Page, peer_id: str) -> dict[str, Any]:
     found: dict[str, Any] = await page.evaluate(CANDIDATES, peer_id)
     return found
+
+
+async def go_online(page: Page, server: SbdServer, token: str) -> None:
+    """Paste a token and press "Go online": the page's user socket is open
+    and calls to its user ring it."""
+    await open_lobby(page, server, "lobby")
+    await page.click("#tab-token")
+    await page.fill("#token", token)
+    await page.click("#online-btn")
+    await page.wait_for_function(
+        "() => window.sbdCalls && window.sbdCalls.status === 'open'", timeout=TIMEOUT_MS
+    )

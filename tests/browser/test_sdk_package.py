@@ -89,5 +89,6 @@ async def test_packed_sdk_makes_a_call_from_its_bare_name(
 
     # Every module came from the installed package, none from the app's /static.
     assert set(fetched) == {
-        f"{PACKAGE_PATH}{name}" for name in ("sbd-signaling.js", "sbd-peer.js", "sbd-errors.js")
+        f"{PACKAGE_PATH}{name}"
+        for name in ("sbd-signaling.js", "sbd-peer.js", "sbd-errors.js", "sbd-calls.js")
     }

@@ -17,6 +17,9 @@ export const implementsDeclarations: typeof Declared = implementation;
 declare const client: Implemented.SignalingClient;
 export const clientAsDeclared: Declared.SignalingClient = client;
 
+declare const calls: Implemented.CallClient;
+export const callsAsDeclared: Declared.CallClient = calls;
+
 declare const peer: Implemented.RemotePeer;
 export const peerAsDeclared: Declared.RemotePeer = peer;
 

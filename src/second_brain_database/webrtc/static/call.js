@@ -5,7 +5,7 @@
  * does goes through the public SDK, so it doubles as the SDK's example.
  */
 
-import { SignalingClient, login, tokenExpiry } from "./sbd-signaling.js";
+import { CallClient, SignalingClient, login, tokenExpiry } from "./sbd-signaling.js";
 
 /** @typedef {import("./sbd-peer.js").RemotePeer} RemotePeer */
 
@@ -17,6 +17,10 @@ const input = (/** @type {string} */ id) => /** @type {HTMLInputElement} */ ($(i
 let client = null;
 /** @type {MediaStream | null} */
 let localStream = null;
+/** @type {CallClient | null} this page's user socket, once online */
+let calls = null;
+/** @type {string | null} the call ringing this page, shown in #incoming */
+let ringingHere = null;
 let myName = "me";
 
 // --- lobby -------------------------------------------------------------------
@@ -33,8 +37,12 @@ function setupLobby() {
   $("tab-token").addEventListener("click", () => selectTab("token"));
   $("join-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    void join();
+    void join(input("room").value.trim());
   });
+  $("online-btn").addEventListener("click", () => void goOnline().catch(callsError));
+  $("call-btn").addEventListener("click", () => void callUser().catch(callsError));
+  $("accept-call").addEventListener("click", () => void answer(true).catch(callsError));
+  $("decline-call").addEventListener("click", () => void answer(false).catch(callsError));
 }
 
 /** @param {"login" | "token"} tab */
@@ -52,7 +60,11 @@ function showJoinError(message) {
   box.hidden = !message;
 }
 
-async function join() {
+/**
+ * @param {string} room
+ * @param {string} [ticket] an accepted call's single-use ticket for ``room``
+ */
+async function join(room, ticket) {
   const button = /** @type {HTMLButtonElement} */ ($("join-btn"));
   button.disabled = true;
   showJoinError("");
@@ -60,10 +72,10 @@ async function join() {
     const token = await obtainToken();
     sessionStorage.setItem(TOKEN_KEY, token);
     myName = nameFromToken(token);
-    const room = input("room").value.trim();
     localStream = input("with-media").checked ? await openMedia() : null;
     // A person is waiting on this page: retry at least every 4 s, not 10.
-    client = new SignalingClient({ token, room, localStream, reconnect: { maxDelayMs: 4000 } });
+    const reconnect = { maxDelayMs: 4000 };
+    client = new SignalingClient({ token, room, ticket, localStream, reconnect });
     Object.assign(window, { sbd: { client, localStream } }); // for tests and the devtools console
     wireClient(client);
     enterCall(room);
@@ -115,6 +127,75 @@ function nameFromToken(token) {
   } catch {
     return "me";
   }
+}
+
+// --- ringing a user (CallClient) ----------------------------------------------
+
+/** @param {string} text */
+function callsStatus(text) {
+  $("calls-status").textContent = text;
+}
+
+/** @param {unknown} error */
+function callsError(error) {
+  callsStatus(error instanceof Error ? error.message : String(error));
+}
+
+/** Open this page's user socket: from now on calls to its user ring it. */
+async function goOnline() {
+  if (calls) return calls;
+  const token = await obtainToken();
+  sessionStorage.setItem(TOKEN_KEY, token);
+  const client = new CallClient({ token });
+  calls = client;
+  Object.assign(window, { sbdCalls: client }); // for tests and the devtools console
+  client.on("incoming-call", ({ callId, name }) => {
+    ringingHere = callId;
+    $("incoming-from").textContent = name;
+    $("incoming").hidden = false;
+  });
+  client.on("call-state", ({ callId, state }) => {
+    if (callId === ringingHere && state !== "ringing") {
+      ringingHere = null;
+      $("incoming").hidden = true; // answered here or elsewhere, cancelled, missed
+      if (state !== "accepted") callsStatus(`The call was ${state.replace("-", " ")}.`);
+    }
+  });
+  client.on("error", ({ error }) => callsStatus(error.message));
+  const ready = await client.connect();
+  callsStatus(`Online as ${ready.userId}: calls to you ring here.`);
+  return client;
+}
+
+/** Ring the user in #callee; join the call's room once they accept. */
+async function callUser() {
+  const callee = input("callee").value.trim();
+  if (!callee) throw new Error("Enter the user id to call.");
+  const client = await goOnline();
+  const room = `call-${crypto.randomUUID().slice(0, 8)}`;
+  const ringing = await client.call(callee, room, { video: true });
+  callsStatus(`Ringing ${callee} (${ringing.devices} device(s))...`);
+  const off = client.on("call-state", ({ callId, state }) => {
+    if (callId !== ringing.callId || state === "ringing") return;
+    off();
+    if (state === "accepted") void join(room);
+    else callsStatus(`${callee}: ${state}.`);
+  });
+}
+
+/** @param {boolean} accept */
+async function answer(accept) {
+  const callId = ringingHere;
+  if (!calls || !callId) return;
+  $("incoming").hidden = true;
+  ringingHere = null;
+  if (!accept) {
+    await calls.decline(callId);
+    callsStatus("Declined.");
+    return;
+  }
+  const accepted = await calls.accept(callId);
+  await join(/** @type {string} */ (accepted.roomId), accepted.ticket);
 }
 
 // --- call --------------------------------------------------------------------

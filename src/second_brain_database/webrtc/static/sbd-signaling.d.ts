@@ -8,6 +8,14 @@ import type { PeerInfo, RemotePeer } from "./sbd-peer.js";
 export { CLOSE_CODES, SignalingError, closeMeaning } from "./sbd-errors.js";
 export type { CloseMeaning, SignalingErrorCode } from "./sbd-errors.js";
 export { RemotePeer } from "./sbd-peer.js";
+export { CallClient } from "./sbd-calls.js";
+export type {
+  CallClientOptions,
+  CallClientStatus,
+  CallEventMap,
+  CallState,
+  IncomingCall,
+} from "./sbd-calls.js";
 export type {
   CandidateInit,
   Description,
@@ -88,6 +96,8 @@ export interface SignalingClientOptions {
   pingIntervalMs?: number;
   /** A silent server is declared dead after this (default 10000). */
   pongTimeoutMs?: number;
+  /** A single-use ticket for the first connection (an accepted call's); later ones use the token. */
+  ticket?: string;
   /** Connect with single-use tickets rather than the token in the URL (default true). */
   useTickets?: boolean;
   /** Label of the per-peer data channel (default "sbd"). */

@@ -26,6 +26,7 @@ import { RemotePeer } from "./sbd-peer.js";
 
 export { CLOSE_CODES, SignalingError, closeMeaning } from "./sbd-errors.js";
 export { RemotePeer } from "./sbd-peer.js";
+export { CallClient } from "./sbd-calls.js";
 
 /** @typedef {import("./sbd-peer.js").PeerInfo} PeerInfo */
 /** @typedef {import("./sbd-peer.js").SignalMessage} SignalMessage */
@@ -64,6 +65,8 @@ const ICE_REFRESH_RETRY_MS = 5000;
  * @property {() => Promise<string>} [tokenProvider] returns a fresh token; called before expiry
  * @property {ReconnectOptions} [reconnect]
  * @property {number} [pingIntervalMs] keep-alive period (default 20000)
+ * @property {string} [ticket] a single-use ticket for the first connection (an
+ *   accepted call's, see CallClient.accept); later ones use the token
  * @property {boolean} [useTickets] connect with a single-use ticket rather than
  *   the token in the URL (default true; falls back to the token on servers
  *   without the ticket endpoint)
@@ -190,6 +193,8 @@ export class SignalingClient extends EventTarget {
       useTickets: options.useTickets ?? true,
     };
     this._tokenProvider = options.tokenProvider ?? null;
+    /** @type {string | null} */
+    this._ticket = options.ticket ?? null;
     /** @type {WebSocket | null} */
     this._ws = null;
     /** @type {string | null} */
@@ -339,8 +344,9 @@ export class SignalingClient extends EventTarget {
   async _connect() {
     const base = this.baseUrl.replace(/^http/, "ws");
     /** @type {string | null} */
-    let ticket = null;
-    if (this._options.useTickets) {
+    let ticket = this._ticket;
+    this._ticket = null; // single use
+    if (!ticket && this._options.useTickets) {
       try {
         ticket = await fetchTicket(this.baseUrl, this.token, this.room);
       } catch (error) {
