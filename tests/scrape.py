@@ -34,3 +34,19 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
+
+
+def call_setups(base_urls: list[str], candidate_type: str) -> tuple[float, float]:
+    """(``connected`` call-setup reports of that candidate type, setup-time
+    observations), summed over the instances."""
+    connected = observed = 0.0
+    for base_url in base_urls:
+        for (name, labels), sample in scrape(base_url).items():
+            if name == "sbd_call_setup_seconds_count":
+                observed += sample
+            elif name == "sbd_call_setups_total" and labels >= {
+                ("outcome", "connected"),
+                ("candidate_type", candidate_type),
+            }:
+                connected += sample
+    return connected, observed

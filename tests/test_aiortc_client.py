@@ -22,7 +22,8 @@ from second_brain_database.webrtc.schemas import (
     UserJoinedMessage,
     WelcomeMessage,
 )
-from tests.peers import make_token
+from tests.peers import eventually, make_token
+from tests.scrape import call_setups
 from tests.servers import SbdServer
 
 Cluster = tuple[SbdServer, SbdServer]
@@ -57,6 +58,26 @@ async def test_two_aiortc_peers_on_two_instances_exchange_data(cluster: Cluster)
             bob.client.peer_id,
             b"\x00binary",
         )
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_each_peer_connection_reports_its_setup(cluster: Cluster) -> None:
+    """Call-setup telemetry: one call-setup per side, a host pair on loopback."""
+    one, two = cluster
+    servers = [one.base_url, two.base_url]
+    before = call_setups(servers, "host")
+    room = new_room()
+    alice = AiortcMesh(SignalingClient(one.base_url, room, make_token("alice")))
+    bob = AiortcMesh(SignalingClient(two.base_url, room, make_token("bob")))
+    await alice.start()
+    await bob.start()
+    try:
+        await alice.wait_connected()
+        await bob.wait_connected()
+        await eventually(lambda: call_setups(servers, "host")[0] - before[0] == 2, 10)
+        assert call_setups(servers, "host")[1] - before[1] == 2
     finally:
         await alice.close()
         await bob.close()

@@ -194,5 +194,7 @@ def test_dashboard_queries_only_metrics_the_service_exports(
         "sbd_relay_latency_seconds_bucket",
         "sbd_redis_reconnects_total",
         "sbd_auth_failures_total",
+        "sbd_call_setup_seconds_bucket",
+        "sbd_call_setups_total",
     ):
         assert needed in used

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from second_brain_database.auth.tokens import Principal
 from second_brain_database.config import Settings
@@ -248,3 +249,25 @@ def test_a_user_sessions_refresh_keeps_the_user() -> None:
     assert error_code(user.refreshed(other, "", None)[0]) == "forbidden"
     fresh = Principal("alice", "Alice", time.time() + 7200)
     assert user.refreshed(fresh, "", None) == [] and user.principal is fresh
+
+
+def test_call_setup_reports_are_counted_and_never_relayed() -> None:
+    session = make_session()
+    before = REGISTRY.get_sample_value(
+        "sbd_call_setups_total", {"outcome": "connected", "candidate_type": "relay"}
+    )
+    report = {"outcome": "connected", "setup_ms": 850, "candidate_type": "relay"}
+    assert feed(session, {"type": "call-setup", "payload": report}) == []
+    after = REGISTRY.get_sample_value(
+        "sbd_call_setups_total", {"outcome": "connected", "candidate_type": "relay"}
+    )
+    assert (after or 0) - (before or 0) == 1
+    for bad in (
+        {**report, "setup_ms": -1},
+        {**report, "setup_ms": 10**9},
+        {**report, "candidate_type": "carrier-pigeon"},
+        {**report, "outcome": "maybe"},
+        {**report, "room_id": "x"},  # nothing that names a room or a peer
+    ):
+        [answer] = feed(session, {"type": "call-setup", "payload": bad})
+        assert error_code(answer) == "invalid_message"

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from second_brain_database.auth import metrics as auth_metrics
+from second_brain_database.webrtc.schemas import CallSetupOutcome, CallSetupPayload
 
 CONNECTIONS = Gauge(
     "sbd_websocket_connections",
@@ -78,6 +79,18 @@ CALL_RING_TIME = Histogram(
     "sbd_call_ring_seconds",
     "Time a call rang until it ended, whatever the result",
     buckets=(0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60),
+)
+CALL_SETUPS = Counter(
+    "sbd_call_setups_total",
+    "Peer connections whose setup the SDKs reported (call-setup), by outcome and by "
+    "the selected candidate pair's local type (none when it failed)",
+    ["outcome", "candidate_type"],
+)
+CALL_SETUP_TIME = Histogram(
+    "sbd_call_setup_seconds",
+    "Time from a peer connection's first offer to connected, as the SDKs measured it",
+    ["candidate_type"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30),
 )
 ADMIN_ACTIONS = Counter(
     "sbd_admin_actions_total", "Admin API actions carried out, by action", ["action"]
@@ -174,3 +187,10 @@ def observe_relay(ingress_time: float) -> None:
     """Record one relayed envelope reaching this instance's sessions;
     ``ingress_time`` is the ``time.time()`` its sender's instance stamped."""
     RELAY_LATENCY.observe(max(time.time() - ingress_time, 0.0))
+
+
+def observe_call_setup(report: CallSetupPayload) -> None:
+    candidate = report.candidate_type.value if report.candidate_type else "none"
+    CALL_SETUPS.labels(outcome=report.outcome.value, candidate_type=candidate).inc()
+    if report.outcome is CallSetupOutcome.CONNECTED:
+        CALL_SETUP_TIME.labels(candidate_type=candidate).observe(report.setup_ms / 1000)

@@ -61,6 +61,7 @@ class ClientMessageType(StrEnum):
     CALL = "call"
     CALL_ANSWER = "call-answer"
     CALL_CANCEL = "call-cancel"
+    CALL_SETUP = "call-setup"
 
 
 class ServerMessageType(StrEnum):
@@ -177,6 +178,36 @@ class MediaState(PayloadModel):
     screen: bool | None = Field(default=None, strict=True)
 
 
+class CandidateType(StrEnum):
+    """The local candidate of the ICE pair a peer connection selected (RFC 8445 5.1.1)."""
+
+    HOST = "host"
+    SRFLX = "srflx"
+    PRFLX = "prflx"
+    RELAY = "relay"
+
+
+class CallSetupOutcome(StrEnum):
+    CONNECTED = "connected"
+    FAILED = "failed"
+
+
+MAX_SETUP_MS = 600_000
+
+
+class CallSetupPayload(BaseModel):
+    """How one peer connection's setup went, as the SDK measured it: from its
+    first offer (sent or received) to ``connected`` or ``failed``. Nothing
+    names a peer or a room: the server only counts it (never relayed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    outcome: CallSetupOutcome
+    setup_ms: float = Field(ge=0, le=MAX_SETUP_MS, allow_inf_nan=False)
+    candidate_type: CandidateType | None = None
+    """The selected pair's local candidate type; null when it failed."""
+
+
 class RefreshPayload(PayloadModel):
     token: str = Field(min_length=1, max_length=8192)
 
@@ -287,6 +318,13 @@ class KickMessage(_ClientMessage):
     payload: KickPayload
 
 
+class CallSetupMessage(_ClientMessage):
+    """Call-setup telemetry (room sockets): counted, never relayed, no answer."""
+
+    type: Literal[ClientMessageType.CALL_SETUP]
+    payload: CallSetupPayload
+
+
 class CallMessage(_ClientMessage):
     """Ring every user socket of ``to_user`` (user and room sockets)."""
 
@@ -317,6 +355,7 @@ RoomClientMessage = (
     | KickMessage
     | CallMessage
     | CallCancelMessage
+    | CallSetupMessage
 )
 UserClientMessage = (
     CallMessage

@@ -48,6 +48,7 @@ from second_brain_database.webrtc.schemas import (
     AppMessage,
     CallCancelMessage,
     CallMessage,
+    CallSetupMessage,
     ClientMessage,
     CloseCode,
     ErrorCode,
@@ -306,6 +307,9 @@ class Session(SessionCore):
             return [VerifyRefresh(frame.payload.token, frame.id)]
         if isinstance(frame, KickMessage):
             return [self._kick(frame)]
+        if isinstance(frame, CallSetupMessage):
+            metrics.observe_call_setup(frame.payload)
+            return []
         if isinstance(frame, (CallMessage, CallCancelMessage)):
             return self.call_actions(frame)
         # call-answer: only a user socket answers calls.

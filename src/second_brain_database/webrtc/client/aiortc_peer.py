@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +61,9 @@ class AiortcPeer:
     tracks: list[MediaStreamTrack] = field(default_factory=list)
     ignored_offers: int = 0
     replaced_on_glare: int = 0
+    setup_started: float | None = None
+    """``time.monotonic()`` of the first offer out or in (call-setup telemetry)."""
+    setup_reported: bool = False
 
     def send(self, data: str | bytes) -> bool:
         if self.channel.readyState != "open":
@@ -85,8 +89,11 @@ class AiortcMesh:
         *,
         configuration: RTCConfiguration | None = None,
         tracks: TrackFactory | None = None,
+        telemetry: bool = True,
     ) -> None:
         self.client = client
+        # Report each peer connection's setup (call-setup), as the browser SDK does.
+        self.telemetry = telemetry
         self.configuration = configuration or RTCConfiguration(iceServers=[])
         self._tracks = tracks or (lambda: ())
         self.peers: dict[str, AiortcPeer] = {}
@@ -194,6 +201,7 @@ class AiortcMesh:
             await peer.pc.close()
             peer = self._add_peer(frame.from_, frame.from_user, replace=True)
             peer.replaced_on_glare = replaced
+        peer.setup_started = peer.setup_started or time.monotonic()
         await peer.pc.setRemoteDescription(RTCSessionDescription(**frame.payload))
         await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         await self.client.answer(peer.peer_id, peer.pc.localDescription.sdp)
@@ -220,6 +228,7 @@ class AiortcMesh:
         await peer.pc.addIceCandidate(candidate)
 
     async def _offer(self, peer: AiortcPeer) -> None:
+        peer.setup_started = peer.setup_started or time.monotonic()
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
         await self.client.offer(peer.peer_id, peer.pc.localDescription.sdp)
         await self._end_of_candidates(peer)
@@ -258,6 +267,8 @@ class AiortcMesh:
                 peer.connected.set()
             else:
                 peer.connected.clear()
+            if pc.connectionState in ("connected", "failed") and self.telemetry:
+                self._report_setup(peer, pc.connectionState)
             self._notify()
 
         def on_open() -> None:
@@ -276,5 +287,39 @@ class AiortcMesh:
         channel.add_listener("open", on_open)
         channel.add_listener("message", on_message)
 
+    def _report_setup(self, peer: AiortcPeer, outcome: str) -> None:
+        """Once per peer connection (not for ICE restarts), as the browser SDK does."""
+        if peer.setup_reported or peer.setup_started is None:
+            return
+        peer.setup_reported = True
+        setup_ms = round((time.monotonic() - peer.setup_started) * 1000)
+        candidate = _selected_candidate_type(peer.pc) if outcome == "connected" else None
+        task = asyncio.ensure_future(self.client.call_setup(outcome, setup_ms, candidate))
+        task.add_done_callback(_ignore_closed)
+
     def _notify(self) -> None:
         self._changed.set()
+
+
+def _selected_candidate_type(pc: RTCPeerConnection) -> str | None:
+    """The local type of the candidate pair ICE nominated. aiortc's getStats()
+    does not say, so this reads aioice's nominated pairs (tested with aiortc
+    1.16 / aioice 0.13): the one place this module leans on internals, and
+    it answers None rather than fail when they move."""
+    try:
+        dtls = pc.sctp.transport if pc.sctp is not None else None
+        for transceiver in pc.getTransceivers():
+            dtls = dtls or transceiver.receiver.transport
+        if dtls is None:
+            return None
+        nominated = dtls.transport.iceGatherer._connection._nominated
+        kinds = [str(pair.local_candidate.type) for pair in nominated.values()]
+    except AttributeError:
+        return None
+    return next((k for k in kinds if k in ("host", "srflx", "prflx", "relay")), None)
+
+
+def _ignore_closed(task: asyncio.Future[None]) -> None:
+    # Telemetry is best effort: a report the closing connection cannot send is dropped.
+    if not task.cancelled():
+        task.exception()

@@ -250,6 +250,13 @@ class SignalingClient:
     async def app(self, payload: Any, to: str | None = None) -> None:
         await self.send({"type": "app", "to": to, "payload": payload})
 
+    async def call_setup(
+        self, outcome: str, setup_ms: float, candidate_type: str | None = None
+    ) -> None:
+        """Call-setup telemetry of one peer connection (docs/protocol.md)."""
+        payload = {"outcome": outcome, "setup_ms": setup_ms, "candidate_type": candidate_type}
+        await self.send({"type": "call-setup", "payload": payload})
+
     async def ping(self) -> None:
         await self.send({"type": "ping"})
 

@@ -1,7 +1,7 @@
 // Declarations of sbd-peer.js (hand-written; the repository's
 // tests/test_sdk_package.py checks the implementation against them).
 
-import type { IceCandidatePayload } from "./sbd-protocol.js";
+import type { CallSetupPayload, IceCandidatePayload } from "./sbd-protocol.js";
 
 /** A participant of the room, as the SDK names its fields. */
 export interface PeerInfo {
@@ -37,6 +37,8 @@ export interface PeerHooks {
   signal: (message: SignalMessage) => void;
   /** Tell the application something happened (a SignalingClient event). */
   emit: (type: string, detail: object) => void;
+  /** Call-setup telemetry of this peer connection (sent as `call-setup`). */
+  report: (payload: CallSetupPayload) => void;
 }
 
 /** Counters an app (or a test) can read to see negotiation at work. */

@@ -32,6 +32,12 @@
  * @property {string} dataChannelLabel
  * @property {(message: SignalMessage) => void} signal
  * @property {(type: string, detail: object) => void} emit
+ * @property {(payload: CallSetupReport) => void} report call-setup telemetry
+ *
+ * @typedef {object} CallSetupReport
+ * @property {"connected" | "failed"} outcome
+ * @property {number} setup_ms
+ * @property {string | null} candidate_type
  */
 
 /** Seconds-long "disconnected" is often a blip; after this, restart ICE. */
@@ -78,6 +84,9 @@ export class RemotePeer {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this._disconnectTimer = undefined;
     this._closed = false;
+    /** @type {number | null} when the first offer went out or came in (performance.now()) */
+    this._setupStart = null;
+    this._setupReported = false;
   }
 
   /** @returns {PeerInfo} */
@@ -218,6 +227,7 @@ export class RemotePeer {
       // implicit description is an answer, sent by _apply.
       if (description.type !== "offer") return;
       this.stats.offersSent += 1;
+      this._setupStart ??= performance.now();
       this._hooks.signal({ type: "offer", payload: { type: "offer", sdp: description.sdp } });
     } catch (error) {
       this._fail(error);
@@ -244,6 +254,7 @@ export class RemotePeer {
       return;
     }
     const description = message.payload;
+    if (description.type === "offer") this._setupStart ??= performance.now();
     const readyForOffer =
       !this._makingOffer && (pc.signalingState === "stable" || this._settingRemoteAnswerPending);
     const collision = description.type === "offer" && !readyForOffer;
@@ -272,6 +283,10 @@ export class RemotePeer {
   /** @param {RTCPeerConnectionState} state */
   _onConnectionState(state) {
     clearTimeout(this._disconnectTimer);
+    if ((state === "connected" || state === "failed") && !this._setupReported) {
+      this._setupReported = true; // the first setup only: not ICE restarts
+      void this._reportSetup(state);
+    }
     if (state === "failed") {
       this.restartIce();
     } else if (state === "disconnected") {
@@ -291,6 +306,26 @@ export class RemotePeer {
     this._hooks.emit("connection-state", { peer: this, peerId: this.peerId, state });
   }
 
+  /**
+   * Call-setup telemetry: how long from the first offer to `outcome`, and
+   * the selected candidate pair's local type (host, srflx, prflx, relay).
+   * @param {"connected" | "failed"} outcome
+   */
+  async _reportSetup(outcome) {
+    if (this._setupStart === null || !this.pc) return;
+    const setupMs = Math.round(performance.now() - this._setupStart);
+    /** @type {string | null} */
+    let candidateType = null;
+    if (outcome === "connected") {
+      try {
+        candidateType = selectedCandidateType(await this.pc.getStats());
+      } catch {
+        // no stats (the connection closed meanwhile): report without the type
+      }
+    }
+    this._hooks.report({ outcome, setup_ms: setupMs, candidate_type: candidateType });
+  }
+
   /** @param {RTCDataChannel} channel */
   _attachChannel(channel) {
     this.channel = channel;
@@ -308,4 +343,27 @@ export class RemotePeer {
     const message = error instanceof Error ? error.message : String(error);
     this._hooks.emit("negotiation-error", { peer: this, peerId: this.peerId, message });
   }
+}
+
+/**
+ * The local candidate type of the pair ICE selected, from getStats().
+ * @param {RTCStatsReport} report
+ * @returns {string | null}
+ */
+function selectedCandidateType(report) {
+  /** @type {any} */
+  let pair = null;
+  report.forEach((/** @type {any} */ stat) => {
+    if (stat.type === "transport" && stat.selectedCandidatePairId) {
+      pair = report.get(stat.selectedCandidatePairId) ?? pair;
+    }
+  });
+  if (!pair) {
+    report.forEach((/** @type {any} */ stat) => {
+      if (stat.type === "candidate-pair" && stat.nominated && stat.state === "succeeded") pair = stat;
+    });
+  }
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  const type = local?.candidateType;
+  return ["host", "srflx", "prflx", "relay"].includes(type) ? type : null;
 }

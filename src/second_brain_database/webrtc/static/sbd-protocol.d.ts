@@ -77,6 +77,20 @@ export interface KickFrame extends ClientFrameBase {
   payload: { peer_id: string };
 }
 
+/** Call-setup telemetry of one peer connection: counted by the server, never relayed. */
+export interface CallSetupPayload {
+  outcome: "connected" | "failed";
+  /** From the first offer (sent or received) to `outcome`, milliseconds. */
+  setup_ms: number;
+  /** The selected candidate pair's local type; null when it failed or is unknown. */
+  candidate_type: "host" | "srflx" | "prflx" | "relay" | null;
+}
+
+export interface CallSetupFrame extends ClientFrameBase {
+  type: "call-setup";
+  payload: CallSetupPayload;
+}
+
 export type ClientFrame =
   | OfferFrame
   | AnswerFrame
@@ -86,7 +100,8 @@ export type ClientFrame =
   | PingFrame
   | LeaveFrame
   | RefreshFrame
-  | KickFrame;
+  | KickFrame
+  | CallSetupFrame;
 
 // --- server to client --------------------------------------------------------
 

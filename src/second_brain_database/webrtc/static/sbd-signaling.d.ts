@@ -26,6 +26,8 @@ export type {
 } from "./sbd-peer.js";
 export type {
   AnswerFrame,
+  CallSetupFrame,
+  CallSetupPayload,
   AppFrame,
   ClientFrame,
   ErrorFrame,
@@ -98,6 +100,8 @@ export interface SignalingClientOptions {
   pongTimeoutMs?: number;
   /** A single-use ticket for the first connection (an accepted call's); later ones use the token. */
   ticket?: string;
+  /** Report each peer connection's setup time and candidate type (`call-setup`; default true). */
+  telemetry?: boolean;
   /** Connect with single-use tickets rather than the token in the URL (default true). */
   useTickets?: boolean;
   /** Label of the per-peer data channel (default "sbd"). */

@@ -67,6 +67,9 @@ const ICE_REFRESH_RETRY_MS = 5000;
  * @property {number} [pingIntervalMs] keep-alive period (default 20000)
  * @property {string} [ticket] a single-use ticket for the first connection (an
  *   accepted call's, see CallClient.accept); later ones use the token
+ * @property {boolean} [telemetry] report each peer connection's setup time and
+ *   candidate type to the server (`call-setup`, counted in its metrics; no
+ *   ids; default true)
  * @property {boolean} [useTickets] connect with a single-use ticket rather than
  *   the token in the URL (default true; falls back to the token on servers
  *   without the ticket endpoint)
@@ -191,6 +194,7 @@ export class SignalingClient extends EventTarget {
       dataChannelLabel: options.dataChannelLabel ?? "sbd",
       leaveOnUnload: options.leaveOnUnload ?? true,
       useTickets: options.useTickets ?? true,
+      telemetry: options.telemetry ?? true,
     };
     this._tokenProvider = options.tokenProvider ?? null;
     /** @type {string | null} */
@@ -585,6 +589,9 @@ export class SignalingClient extends EventTarget {
       localStream: this.localStream,
       dataChannelLabel: this._options.dataChannelLabel,
       signal: (message) => this._send({ ...message, to: info.peerId }),
+      report: (payload) => {
+        if (this._options.telemetry) this._send({ type: "call-setup", payload });
+      },
       emit: (type, detail) => this._emit(type, detail),
     });
     this.peers.set(info.peerId, peer);
