@@ -32,6 +32,17 @@ FAST = {
 }
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this module's own: instances of other modules (on the
+    session's shared one) run with webhooks off, and would expire or reap this
+    module's peers without writing their events (every instance of a
+    deployment must have the same webhook settings, docs/webhooks.md)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 def new_room() -> str:
     return f"hooks-{next(_rooms)}"
 
